@@ -1,0 +1,51 @@
+import type { EntityManager } from "@mikro-orm/postgresql";
+
+/** "The log `key` of `tenant` on `channel` now has entries up to `seq`." */
+export interface Change {
+  channel: string;
+  tenant: string;
+  key: string;
+  seq: number;
+}
+
+/**
+ * Change notification, one subscription per process. Stores hand their changes to the feed twice:
+ * `stage` inside the transaction (a cross-replica feed writes its NOTIFY there, so the notification
+ * commits atomically with the data) and `committed` after the commit (an in-process feed emits then,
+ * never before the data is visible).
+ */
+export interface ChangeFeed {
+  stage(tx: EntityManager, changes: readonly Change[]): Promise<void>;
+  committed(changes: readonly Change[]): void;
+  /** Every change, from this process or (for a shared database) any replica. */
+  subscribe(listener: (change: Change) => void): () => void;
+  /** Called when notifications may have been missed (the listener reconnected): re-read everything. */
+  onResync(listener: () => void): () => void;
+  start(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Listener bookkeeping shared by the feed implementations. */
+export class Listeners<A extends unknown[]> {
+  readonly #set = new Set<(...args: A) => void>();
+  readonly #onError: (err: unknown) => void;
+
+  constructor(onError: (err: unknown) => void) {
+    this.#onError = onError;
+  }
+
+  add(listener: (...args: A) => void): () => void {
+    this.#set.add(listener);
+    return () => this.#set.delete(listener);
+  }
+
+  emit(...args: A): void {
+    for (const listener of this.#set) {
+      try {
+        listener(...args);
+      } catch (err) {
+        this.#onError(err);
+      }
+    }
+  }
+}

@@ -1,0 +1,98 @@
+import { create } from "@bufbuild/protobuf";
+import { pathToString } from "@bufbuild/protobuf/reflect";
+import { createValidator } from "@bufbuild/protovalidate";
+import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
+import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import type { Logger } from "../logger.ts";
+import { tenantKey } from "./auth.ts";
+import { ERROR_DOMAIN, toConnectError } from "./errors.ts";
+
+/**
+ * Validates every request message against the protovalidate rules written in the proto, before
+ * any handler runs. A violation answers INVALID_ARGUMENT with reason INVALID_ARGUMENT and a
+ * google.rpc.BadRequest listing each field and rule, so any client can show the exact problem.
+ */
+export function validationInterceptor(): Interceptor {
+  const validator = createValidator();
+  return (next) => async (req) => {
+    if (!req.stream) {
+      const result = validator.validate(req.method.input, req.message);
+      if (result.kind === "invalid") {
+        const violations = result.error.violations.map((v) => ({
+          field: pathToString(v.field),
+          description: v.message,
+          reason: v.ruleId,
+        }));
+        throw new ConnectError(
+          violations.map((v) => `${v.field}: ${v.description}`).join("; "),
+          Code.InvalidArgument,
+          undefined,
+          [
+            {
+              desc: ErrorInfoSchema,
+              value: create(ErrorInfoSchema, {
+                reason: "INVALID_ARGUMENT",
+                domain: ERROR_DOMAIN,
+                metadata: { field: violations[0]?.field ?? "", rule: violations[0]?.reason ?? "" },
+              }),
+            },
+            { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: violations }) },
+          ],
+        );
+      }
+      if (result.kind === "error") throw result.error;
+    }
+    return next(req);
+  };
+}
+
+/**
+ * Maps every error to its wire form (server/errors.ts) and logs each call once it ends: errors that
+ * are the server's fault at error level, the caller's at debug, with the procedure, code, tenant
+ * and duration. Streaming responses are wrapped so that errors thrown mid-stream are mapped too.
+ */
+export function observeInterceptor(logger: Logger): Interceptor {
+  return (next) => async (req) => {
+    const started = performance.now();
+    const procedure = `${req.service.typeName}/${req.method.name}`;
+    const done = (err: unknown) => {
+      const mapped = err === undefined ? undefined : toConnectError(err, logger, procedure);
+      const code = mapped === undefined ? "ok" : Code[mapped.code];
+      const entry = {
+        procedure,
+        tenant: req.contextValues.get(tenantKey),
+        code,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+      };
+      if (mapped !== undefined && (mapped.code === Code.Internal || mapped.code === Code.Unavailable)) {
+        logger.warn(entry, mapped.message);
+      } else {
+        logger.debug(entry, "call");
+      }
+      return mapped;
+    };
+    let res: Awaited<ReturnType<typeof next>>;
+    try {
+      res = await next(req);
+    } catch (err) {
+      throw done(err);
+    }
+    if (!res.stream) {
+      done(undefined);
+      return res;
+    }
+    return { ...res, message: mapStreamErrors(res, done) } satisfies StreamResponse;
+  };
+}
+
+async function* mapStreamErrors<O>(
+  res: { message: AsyncIterable<O> },
+  done: (err: unknown) => ConnectError | undefined,
+): AsyncIterable<O> {
+  try {
+    yield* res.message;
+  } catch (err) {
+    throw done(err);
+  }
+  done(undefined);
+}
