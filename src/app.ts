@@ -24,6 +24,8 @@ export interface App {
   readonly port: number;
   readonly db: Database;
   readonly health: DatabaseHealth;
+  /** The run-event stream hub (its stats() show fan-out and buffering). */
+  readonly runEvents: LogHub<RunEvent>;
   /** Graceful stop: NOT_SERVING, no new connections, open streams end with UNAVAILABLE, database closed. */
   close(): Promise<void>;
 }
@@ -102,6 +104,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       port: server.port,
       db,
       health,
+      runEvents,
       close() {
         closing ??= (async () => {
           health.shutdown();

@@ -86,9 +86,17 @@ export class LogHub<T> {
     ];
   }
 
-  /** Number of logs followed right now (for tests and metrics). */
-  get topicCount(): number {
-    return this.#topics.size;
+  #databaseReads = 0;
+
+  /** What the hub holds and has done, for tests and metrics. */
+  stats(): { topics: number; followers: number; bufferedEntries: number; databaseReads: number } {
+    let followers = 0;
+    let bufferedEntries = 0;
+    for (const topic of this.#topics.values()) {
+      followers += topic.followers;
+      bufferedEntries += topic.buffer.length;
+    }
+    return { topics: this.#topics.size, followers, bufferedEntries, databaseReads: this.#databaseReads };
   }
 
   /**
@@ -115,7 +123,7 @@ export class LogHub<T> {
         const entries =
           first !== undefined && first.seq <= cursor + 1
             ? topic.buffer.slice(cursor + 1 - first.seq)
-            : await this.#source.read(tenant, key, cursor, this.#options.pageSize);
+            : await this.#read(tenant, key, cursor);
         if (entries.length === 0) {
           // The topic saw entries that the database no longer has: the log was deleted under us.
           await this.#source.head(tenant, key);
@@ -196,12 +204,7 @@ export class LogHub<T> {
       do {
         topic.refreshAgain = false;
         for (;;) {
-          const entries = await this.#source.read(
-            topic.tenant,
-            topic.key,
-            topic.head,
-            this.#options.pageSize,
-          );
+          const entries = await this.#read(topic.tenant, topic.key, topic.head);
           this.#append(topic, entries);
           if (entries.length < this.#options.pageSize || topic.followers === 0) break;
         }
@@ -212,6 +215,11 @@ export class LogHub<T> {
     } finally {
       topic.refreshing = false;
     }
+  }
+
+  #read(tenant: string, key: string, afterSeq: number): Promise<LogEntry<T>[]> {
+    this.#databaseReads++;
+    return this.#source.read(tenant, key, afterSeq, this.#options.pageSize);
   }
 
   #append(topic: Topic<T>, entries: LogEntry<T>[]): void {

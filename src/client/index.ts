@@ -1,0 +1,161 @@
+/**
+ * Typed TypeScript client for agentstore.
+ *
+ *   const store = createClient({ baseUrl: "http://127.0.0.1:50051", apiKey });
+ *   const { run } = await store.runs.createRun({ run: { threadId: "t-1" } });
+ *   for await (const event of store.followRunEvents(run.runId)) console.log(event.seq, event.type);
+ *   store.close();
+ */
+import {
+  type Client,
+  Code,
+  ConnectError,
+  createClient as createConnectClient,
+  type Interceptor,
+} from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
+import { RunStatus } from "../../gen/agentstore/v1/run_pb.ts";
+import { RunService } from "../../gen/agentstore/v1/run_service_pb.ts";
+
+export * from "../../gen/agentstore/v1/run_event_pb.ts";
+export * from "../../gen/agentstore/v1/run_pb.ts";
+export * from "../../gen/agentstore/v1/run_service_pb.ts";
+export { Code, ConnectError };
+
+export interface ClientOptions {
+  /** Server address, e.g. "http://127.0.0.1:50051" or "https://agentstore.internal". */
+  baseUrl: string;
+  /** API key; sent as "authorization: Bearer <key>". */
+  apiKey?: string;
+  /** "grpc" (HTTP/2, the default) or "connect" (HTTP/1.1 or 2, JSON-friendly proxies). */
+  protocol?: "grpc" | "connect";
+  /** Extra interceptors, run after the one that adds the API key. */
+  interceptors?: Interceptor[];
+  /** HTTP/2 keepalive: a PING after this much silence on a stream; a dead server is noticed within it. */
+  pingIntervalMs?: number;
+}
+
+export interface FollowOptions {
+  /** Start after this seq (0, the default, means the whole log). */
+  afterSeq?: bigint | number;
+  /** Only these event types (the terminal event always comes). */
+  types?: string[];
+  /** Stops following; the iterator then throws the signal's reason. */
+  signal?: AbortSignal;
+  /** Give up after this many consecutive failed reconnects (default: never). */
+  maxReconnects?: number;
+  /** First reconnect delay; doubles per failure with full jitter (default 100 ms). */
+  initialDelayMs?: number;
+  /** Longest reconnect delay (default 5 s). */
+  maxDelayMs?: number;
+  /** Called before each reconnect, e.g. for logging. */
+  onReconnect?: (info: { error: ConnectError; attempt: number; delayMs: number; afterSeq: bigint }) => void;
+}
+
+export interface AgentStoreClient {
+  /** Every RunService RPC, typed. */
+  readonly runs: Client<typeof RunService>;
+  /**
+   * Follows a run's events from `afterSeq` to its terminal event. When the connection drops or the
+   * server restarts it reconnects by itself and resumes after the last seq it yielded, so the
+   * caller sees every event once, in order, with no gap.
+   */
+  followRunEvents(runId: string, options?: FollowOptions): AsyncGenerator<RunEvent, void, undefined>;
+  /** Closes the connection. */
+  close(): void;
+}
+
+const TERMINAL_EVENT_TYPE = "terminal_status";
+const TERMINAL_STATUSES = new Set<RunStatus>([
+  RunStatus.COMPLETED,
+  RunStatus.FAILED,
+  RunStatus.BLOCKED,
+  RunStatus.CANCELLED,
+]);
+
+/**
+ * Worth a reconnect: the server went away (UNAVAILABLE, also sent on graceful shutdown), the
+ * connection broke mid-stream (CANCELED/UNKNOWN/INTERNAL from a reset HTTP/2 stream) or a
+ * transient conflict (ABORTED). Everything else is the caller's problem and is thrown.
+ */
+const RETRYABLE = new Set([
+  Code.Unavailable,
+  Code.Canceled,
+  Code.Unknown,
+  Code.Internal,
+  Code.Aborted,
+  Code.DeadlineExceeded,
+]);
+
+export function createClient(options: ClientOptions): AgentStoreClient {
+  const auth: Interceptor = (next) => (req) => {
+    if (options.apiKey !== undefined) req.header.set("authorization", `Bearer ${options.apiKey}`);
+    return next(req);
+  };
+  const interceptors = [auth, ...(options.interceptors ?? [])];
+  const sessionManager =
+    options.protocol === "connect"
+      ? undefined
+      : new Http2SessionManager(options.baseUrl, { pingIntervalMs: options.pingIntervalMs ?? 15_000 });
+  const transport =
+    sessionManager === undefined
+      ? createConnectTransport({ baseUrl: options.baseUrl, httpVersion: "1.1", interceptors })
+      : createGrpcTransport({ baseUrl: options.baseUrl, interceptors, sessionManager });
+  const runs = createConnectClient(RunService, transport);
+
+  async function* followRunEvents(runId: string, follow: FollowOptions = {}) {
+    const { signal, types = [], maxReconnects = Number.POSITIVE_INFINITY } = follow;
+    const initialDelayMs = follow.initialDelayMs ?? 100;
+    const maxDelayMs = follow.maxDelayMs ?? 5_000;
+    let last = BigInt(follow.afterSeq ?? 0);
+    let failures = 0;
+    for (;;) {
+      signal?.throwIfAborted();
+      try {
+        for await (const { event } of runs.streamRunEvents({ runId, afterSeq: last, types }, { signal })) {
+          // Seqs only grow within one stream; the check guards the resume arithmetic, not the server.
+          if (event === undefined || event.seq <= last) continue;
+          last = event.seq;
+          failures = 0;
+          yield event;
+          if (event.type === TERMINAL_EVENT_TYPE) return;
+        }
+        // A stream ends cleanly only after the terminal event, or at once when the run is terminal
+        // and nothing is left after `last`; anything else (a proxy cutting it) is resumed.
+        const { run } = await runs.getRun({ runId }, { signal });
+        if (run !== undefined && TERMINAL_STATUSES.has(run.status) && last >= run.lastEventSeq) return;
+        throw new ConnectError("the stream ended before the run's terminal event", Code.Unavailable);
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        const error = ConnectError.from(err);
+        if (!RETRYABLE.has(error.code) || failures >= maxReconnects) throw error;
+        const delayMs = Math.round(Math.random() * Math.min(maxDelayMs, initialDelayMs * 2 ** failures));
+        failures++;
+        follow.onReconnect?.({ error, attempt: failures, delayMs, afterSeq: last });
+        await sleep(delayMs, signal);
+      }
+    }
+  }
+
+  return {
+    runs,
+    followRunEvents,
+    close: () => sessionManager?.abort(),
+  };
+}
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }
+    function onAbort() {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    }
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

@@ -1,0 +1,203 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import type { ClientReadableStream } from "@grpc/grpc-js";
+import { type AgentStoreClient, Code, createClient, type RunEvent, RunStatus } from "../src/client/index.ts";
+import { collect, eventually, range, rejectsWith } from "./helpers/assertions.ts";
+import { backends, type TestDatabase } from "./helpers/databases.ts";
+import { grpcRunService } from "./helpers/grpc-js.ts";
+import { startServer, type TestServer } from "./helpers/servers.ts";
+
+const seqsOf = (events: RunEvent[]) => events.map((e) => Number(e.seq));
+
+for (const backend of await backends()) {
+  describe(`StreamRunEvents on ${backend.name}`, { skip: backend.skip }, () => {
+    let db: TestDatabase;
+    let server: TestServer;
+    let client: AgentStoreClient;
+    const newRun = async () => (await client.runs.createRun({ run: {} })).run?.runId ?? assert.fail("no run");
+    const append = (runId: string, n: number, type = "assistant_message") =>
+      client.runs.appendRunEvents({ runId, events: range(1, n).map((i) => ({ type, payload: { i } })) });
+    /** Reads a stream in the background; `events` fills as they arrive. */
+    const follow = (runId: string, afterSeq = 0n, types: string[] = []) => {
+      const controller = new AbortController();
+      const events: RunEvent[] = [];
+      const done = (async () => {
+        for await (const res of client.runs.streamRunEvents(
+          { runId, afterSeq, types },
+          { signal: controller.signal },
+        )) {
+          if (res.event) events.push(res.event);
+        }
+      })();
+      done.catch(() => {});
+      return { events, done, stop: () => controller.abort() };
+    };
+
+    before(async () => {
+      db = await backend.create();
+      server = await startServer(db, { AGENTSTORE_STREAM_BUFFER_EVENTS: "8" });
+      client = createClient({ baseUrl: server.url });
+    });
+    after(async () => {
+      client?.close();
+      await server?.close();
+      await db?.drop();
+    });
+
+    it("sends the stored backlog, then live events, and ends after the terminal event", async () => {
+      const runId = await newRun();
+      await append(runId, 3);
+      const stream = follow(runId);
+      await eventually(() => assert.equal(stream.events.length, 3));
+      await append(runId, 2, "diff");
+      await eventually(() => assert.equal(stream.events.length, 5));
+      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      await stream.done;
+      assert.deepEqual(seqsOf(stream.events), range(1, 6));
+      assert.equal(stream.events.at(-1)?.type, "terminal_status");
+      assert.equal(stream.events.at(-1)?.payload?.status, "completed");
+    });
+
+    it("resumes after a disconnect from the last seq with no gap and no duplicate", async () => {
+      const runId = await newRun();
+      await append(runId, 4);
+      const first = follow(runId);
+      await eventually(() => assert.equal(first.events.length, 4));
+      first.stop();
+      await first.done.catch(() => {});
+      // Events committed while nobody listens.
+      await append(runId, 3);
+      const last = first.events.at(-1)?.seq ?? 0n;
+      const second = follow(runId, last);
+      await eventually(() => assert.equal(second.events.length, 3));
+      await append(runId, 2);
+      await client.runs.cancelRun({ runId, reason: "done" });
+      await second.done;
+      assert.deepEqual([...seqsOf(first.events), ...seqsOf(second.events)], range(1, 10));
+    });
+
+    it("an after_seq past the end is OUT_OF_RANGE; a finished log at its end ends at once", async () => {
+      const runId = await newRun();
+      await append(runId, 2);
+      await rejectsWith(
+        collect(client.runs.streamRunEvents({ runId, afterSeq: 3n })),
+        Code.OutOfRange,
+        "SEQ_OUT_OF_RANGE",
+      );
+      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      assert.deepEqual(await collect(client.runs.streamRunEvents({ runId, afterSeq: 3n })), []);
+      const tail = await collect(client.runs.streamRunEvents({ runId, afterSeq: 2n }));
+      assert.deepEqual(
+        tail.map((r) => r.event?.type),
+        ["terminal_status"],
+      );
+      await rejectsWith(
+        collect(client.runs.streamRunEvents({ runId: randomUUID() })),
+        Code.NotFound,
+        "RUN_NOT_FOUND",
+      );
+    });
+
+    it("filters by type but always sends the terminal event", async () => {
+      const runId = await newRun();
+      await client.runs.appendRunEvents({
+        runId,
+        events: [
+          { type: "assistant_message", payload: {} },
+          { type: "diff", payload: {} },
+          { type: "error", payload: {} },
+        ],
+      });
+      const stream = follow(runId, 0n, ["diff"]);
+      await eventually(() => assert.equal(stream.events.length, 1));
+      await client.runs.finishRun({ runId, status: RunStatus.FAILED, failureKind: "x" });
+      await stream.done;
+      assert.deepEqual(
+        stream.events.map((e) => [Number(e.seq), e.type]),
+        [
+          [2, "diff"],
+          [4, "terminal_status"],
+        ],
+      );
+    });
+
+    it("fans out to many followers with one database read per change, not one per follower", async () => {
+      const runId = await newRun();
+      const followers = range(1, 20).map(() => follow(runId));
+      await eventually(() => assert.equal(server.app.runEvents.stats().followers >= 20, true));
+      const readsBefore = server.app.runEvents.stats().databaseReads;
+      const appends = 10;
+      for (let i = 0; i < appends; i++) {
+        await append(runId, 1);
+        await eventually(() => {
+          for (const f of followers) assert.equal(f.events.length, i + 1);
+        });
+      }
+      const reads = server.app.runEvents.stats().databaseReads - readsBefore;
+      assert.ok(reads <= appends + 2, `expected about ${appends} reads for ${appends} changes, got ${reads}`);
+      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      await Promise.all(followers.map((f) => f.done));
+      for (const f of followers) assert.deepEqual(seqsOf(f.events), range(1, appends + 1));
+      await eventually(() => assert.equal(server.app.runEvents.stats().topics, 0, "topics are released"));
+    });
+
+    it("a follower that does not read keeps memory bounded and later catches up from the database", async () => {
+      const runId = await newRun();
+      const live = follow(runId);
+      // A raw iterator we do not pull from while the log grows far past the 8-entry buffer.
+      const slow = client.runs.streamRunEvents({ runId })[Symbol.asyncIterator]();
+      const pending = slow.next();
+      const early = await Promise.race([
+        pending,
+        new Promise((resolve) => setTimeout(() => resolve("none"), 300)),
+      ]);
+      assert.equal(early, "none", "nothing to read yet");
+      for (let i = 0; i < 40; i++) await append(runId, 5);
+      await eventually(() => assert.equal(live.events.length, 200));
+      assert.ok(server.app.runEvents.stats().bufferedEntries <= 8, "the topic buffer stays within its bound");
+      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      const slowSeqs: number[] = [];
+      for (let r = await pending; !r.done; r = await slow.next()) slowSeqs.push(Number(r.value.event?.seq));
+      assert.deepEqual(slowSeqs, range(1, 201));
+      await live.done;
+      assert.deepEqual(seqsOf(live.events), range(1, 201));
+    });
+
+    it("concurrent appenders: every follower sees 1..N in order, each once", async () => {
+      const runId = await newRun();
+      const followers = range(1, 3).map(() => follow(runId));
+      await Promise.all(
+        range(1, 8).map(async () => {
+          for (let i = 0; i < 10; i++) await append(runId, 2);
+        }),
+      );
+      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      await Promise.all(followers.map((f) => f.done));
+      for (const f of followers) assert.deepEqual(seqsOf(f.events), range(1, 161));
+    });
+
+    it("a plain grpc-js client streams the same events", async () => {
+      const runId = await newRun();
+      await append(runId, 2);
+      await client.runs.finishRun({ runId, status: RunStatus.BLOCKED, failureKind: "needs_approval" });
+      const grpc = grpcRunService(server.app.port);
+      try {
+        const call = (
+          grpc.StreamRunEvents as (
+            req: unknown,
+          ) => ClientReadableStream<{ event: { seq: string; type: string } }>
+        )({ run_id: runId, after_seq: "0" });
+        const got: Array<[string, string]> = [];
+        for await (const msg of call) got.push([msg.event.seq, msg.event.type]);
+        assert.deepEqual(got, [
+          ["1", "assistant_message"],
+          ["2", "assistant_message"],
+          ["3", "terminal_status"],
+        ]);
+      } finally {
+        grpc.close();
+      }
+    });
+  });
+}
