@@ -1,6 +1,6 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type DescMessage, type Message } from "@bufbuild/protobuf";
 import { pathToString } from "@bufbuild/protobuf/reflect";
-import { createValidator } from "@bufbuild/protovalidate";
+import { createValidator, type Violation } from "@bufbuild/protovalidate";
 import { Code, ConnectError, type Interceptor, type StreamResponse } from "@connectrpc/connect";
 import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { Logger } from "../logger.ts";
@@ -14,36 +14,53 @@ import { ERROR_DOMAIN, toConnectError } from "./errors.ts";
  */
 export function validationInterceptor(): Interceptor {
   const validator = createValidator();
+  const check = (schema: DescMessage, message: Message) => {
+    const result = validator.validate(schema, message);
+    if (result.kind === "invalid") throw invalidArgumentError(result.error.violations);
+    if (result.kind === "error") throw result.error;
+  };
   return (next) => async (req) => {
     if (!req.stream) {
-      const result = validator.validate(req.method.input, req.message);
-      if (result.kind === "invalid") {
-        const violations = result.error.violations.map((v) => ({
-          field: pathToString(v.field),
-          description: v.message,
-          reason: v.ruleId,
-        }));
-        throw new ConnectError(
-          violations.map((v) => `${v.field}: ${v.description}`).join("; "),
-          Code.InvalidArgument,
-          undefined,
-          [
-            {
-              desc: ErrorInfoSchema,
-              value: create(ErrorInfoSchema, {
-                reason: "INVALID_ARGUMENT",
-                domain: ERROR_DOMAIN,
-                metadata: { field: violations[0]?.field ?? "", rule: violations[0]?.reason ?? "" },
-              }),
-            },
-            { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: violations }) },
-          ],
-        );
-      }
-      if (result.kind === "error") throw result.error;
+      check(req.method.input, req.message);
+      return next(req);
     }
-    return next(req);
+    // Server-streaming calls arrive as a stream of one request: check each message as it is read.
+    const input = req.method.input;
+    const messages = req.message;
+    return next({
+      ...req,
+      message: (async function* () {
+        for await (const message of messages) {
+          check(input, message);
+          yield message;
+        }
+      })(),
+    });
   };
+}
+
+function invalidArgumentError(violations: readonly Violation[]): ConnectError {
+  const fields = violations.map((v) => ({
+    field: pathToString(v.field),
+    description: v.message,
+    reason: v.ruleId,
+  }));
+  return new ConnectError(
+    fields.map((v) => `${v.field}: ${v.description}`).join("; "),
+    Code.InvalidArgument,
+    undefined,
+    [
+      {
+        desc: ErrorInfoSchema,
+        value: create(ErrorInfoSchema, {
+          reason: "INVALID_ARGUMENT",
+          domain: ERROR_DOMAIN,
+          metadata: { field: fields[0]?.field ?? "", rule: fields[0]?.reason ?? "" },
+        }),
+      },
+      { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: fields }) },
+    ],
+  );
 }
 
 /**

@@ -1,0 +1,53 @@
+# Every target runs on the project's own Node (node_modules/.bin comes first on PATH).
+export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
+# Contract checked for breaking changes against this buf input (CI: the previous commit).
+BREAKING_AGAINST ?= .git\#branch=main
+
+.PHONY: install generate lint typecheck check-gen build breaking check test run bench migrate
+
+# A fresh clone installs on first use: `make run` and `make test` work right after `git clone`.
+node_modules: package-lock.json
+	npm ci --no-audit --no-fund
+	@touch node_modules
+
+install: node_modules
+
+generate: node_modules
+	buf generate
+
+lint: node_modules
+	buf lint
+	biome check .
+
+typecheck: node_modules
+	tsc --noEmit -p .
+
+# gen/ must be exactly what `buf generate` makes from proto/.
+check-gen: node_modules
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	buf generate --output "$$tmp" && \
+	if ! diff -r "$$tmp/gen" gen >/dev/null; then \
+	  diff -r "$$tmp/gen" gen | head -20; \
+	  echo "gen/ is stale: run 'make generate' and commit the result" >&2; exit 1; \
+	fi
+
+breaking: node_modules
+	buf breaking --against '$(BREAKING_AGAINST)'
+
+# The client package compiles to JavaScript (consumers cannot type-strip inside node_modules).
+build: node_modules
+	npm run -s build
+
+check: lint typecheck check-gen build
+
+test: node_modules
+	npm test
+
+run: node_modules
+	npm start
+
+migrate: node_modules
+	npm run migrate
+
+bench: node_modules
+	npm run bench

@@ -1,0 +1,82 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import { type AgentStoreClient, Code, createClient, RunStatus } from "../src/client/index.ts";
+import { badFieldsOf, collect, rejectsWith } from "./helpers/assertions.ts";
+import { backends, type TestDatabase } from "./helpers/databases.ts";
+import { errorReason, type GrpcError, grpcRunService, struct, unary } from "./helpers/grpc-js.ts";
+import { startServer, type TestServer } from "./helpers/servers.ts";
+
+for (const backend of await backends()) {
+  describe(`input validation on ${backend.name}`, { skip: backend.skip }, () => {
+    let db: TestDatabase;
+    let server: TestServer;
+    let client: AgentStoreClient;
+    let runId: string;
+
+    before(async () => {
+      db = await backend.create();
+      server = await startServer(db);
+      client = createClient({ baseUrl: server.url });
+      runId = (await client.runs.createRun({ run: {} })).run?.runId ?? "";
+    });
+    after(async () => {
+      client?.close();
+      await server?.close();
+      await db?.drop();
+    });
+
+    const invalid = async (call: Promise<unknown>, field: string) => {
+      const err = await rejectsWith(call, Code.InvalidArgument, "INVALID_ARGUMENT");
+      assert.ok(badFieldsOf(err).includes(field), `BadRequest names ${field}: ${err.message}`);
+      assert.match(err.message, new RegExp(field.replace(/[[\]]/g, "\\$&")));
+    };
+
+    it("names the field and rule of every bad input with INVALID_ARGUMENT", async () => {
+      await invalid(client.runs.getRun({ runId: "not-a-uuid" }), "run_id");
+      await invalid(client.runs.createRun({}), "run");
+      await invalid(client.runs.createRun({ run: { threadId: "x".repeat(300) } }), "run.thread_id");
+      await invalid(client.runs.listRuns({ pageSize: -1 }), "page_size");
+      await invalid(client.runs.finishRun({ runId, status: RunStatus.RUNNING }), "status");
+      await invalid(client.runs.appendRunEvents({ runId, events: [] }), "events");
+      await invalid(client.runs.appendRunEvents({ runId, events: [{ type: "Bad Type" }] }), "events[0].type");
+      await invalid(client.runs.listRunEvents({ runId, afterSeq: -1n }), "after_seq");
+      await invalid(client.runs.getThreadUsage({ threadId: "" }), "thread_id");
+      await invalid(collect(client.runs.streamRunEvents({ runId, types: ["UPPER"] })), "types[0]");
+    });
+
+    it("a bad request changes nothing", async () => {
+      await rejectsWith(
+        client.runs.appendRunEvents({
+          runId,
+          events: [
+            { type: "diff", payload: {} },
+            { type: "no spaces", payload: {} },
+          ],
+        }),
+        Code.InvalidArgument,
+      );
+      const { run } = await client.runs.getRun({ runId });
+      assert.equal(run?.lastEventSeq, 0n);
+    });
+
+    it("grpc-js callers get the same code and reason", async () => {
+      const grpc = grpcRunService(server.app.port);
+      try {
+        const err = (await unary(grpc, "AppendRunEvents", {
+          run_id: runId,
+          events: [{ type: "", payload: struct({}) }],
+        }).catch((e: GrpcError) => e)) as GrpcError;
+        assert.equal(err.code, Code.InvalidArgument);
+        assert.equal(errorReason(err), "INVALID_ARGUMENT");
+        assert.match(err.details, /events\[0\]\.type/);
+        const missing = (await unary(grpc, "GetRun", { run_id: randomUUID() }).catch(
+          (e: GrpcError) => e,
+        )) as GrpcError;
+        assert.equal(missing.code, Code.NotFound);
+      } finally {
+        grpc.close();
+      }
+    });
+  });
+}
