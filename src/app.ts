@@ -2,9 +2,10 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { RunEvent } from "../gen/agentstore/v1/run_event_pb.ts";
 import { RunService } from "../gen/agentstore/v1/run_service_pb.ts";
+import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.ts";
 import { Health } from "../gen/grpc/health/v1/health_pb.ts";
 import type { Config } from "./config.ts";
-import { type Database, migrate, openDatabase } from "./db/database.ts";
+import { type Database, migrate, openDatabase, pendingMigrations } from "./db/database.ts";
 import type { ChangeFeed } from "./feed/feed.ts";
 import { LogHub, type LogSource } from "./feed/hub.ts";
 import { LocalFeed } from "./feed/local-feed.ts";
@@ -38,6 +39,14 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     if (config.migrateAtStart) {
       const applied = await migrate(db);
       if (applied.length > 0) logger.info({ migrations: applied }, "applied migrations");
+    } else {
+      const pending = await pendingMigrations(db);
+      if (pending.length > 0) {
+        throw new Error(
+          `the database schema is behind this server (${pending.length} pending migrations: ${pending.join(", ")}); ` +
+            "run `agentstore migrate` (npm run migrate) or start with AGENTSTORE_MIGRATE=true",
+        );
+      }
     }
     const feed: ChangeFeed =
       config.database.kind === "postgres" ? new PgFeed(config.database.url, logger) : new LocalFeed(logger);
@@ -77,7 +86,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     cleanup.unshift(() => health.shutdown());
 
     const shutdown = new AbortController();
-    const reflection = createReflectionServices([RunService, Health]);
+    // Error details ride in google.protobuf.Any; reflecting their file lets buf curl decode them.
+    const reflection = createReflectionServices([RunService, Health], [file_google_rpc_error_details]);
     const handler = connectNodeAdapter({
       routes: (router) => {
         router.service(RunService, createRunService(store, runEvents));

@@ -193,6 +193,11 @@ const settings = {
 
 type SettingName = keyof typeof settings;
 
+/** Every setting's variable, flag and default, for documentation and its test. */
+export function settingsReference(): Array<{ env: string; flag: string; fallback: string | undefined }> {
+  return (Object.values(settings) as Setting[]).map(({ env, flag, fallback }) => ({ env, flag, fallback }));
+}
+
 export class ConfigError extends Error {
   override name = "ConfigError";
 }

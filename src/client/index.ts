@@ -34,6 +34,8 @@ export interface ClientOptions {
   interceptors?: Interceptor[];
   /** HTTP/2 keepalive: a PING after this much silence on a stream; a dead server is noticed within it. */
   pingIntervalMs?: number;
+  /** For https:// servers: a private CA to trust, and a client certificate for mutual TLS. */
+  tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer };
 }
 
 export interface FollowOptions {
@@ -94,13 +96,19 @@ export function createClient(options: ClientOptions): AgentStoreClient {
     return next(req);
   };
   const interceptors = [auth, ...(options.interceptors ?? [])];
+  const tls = options.tls ?? {};
   const sessionManager =
     options.protocol === "connect"
       ? undefined
-      : new Http2SessionManager(options.baseUrl, { pingIntervalMs: options.pingIntervalMs ?? 15_000 });
+      : new Http2SessionManager(options.baseUrl, { pingIntervalMs: options.pingIntervalMs ?? 15_000 }, tls);
   const transport =
     sessionManager === undefined
-      ? createConnectTransport({ baseUrl: options.baseUrl, httpVersion: "1.1", interceptors })
+      ? createConnectTransport({
+          baseUrl: options.baseUrl,
+          httpVersion: "1.1",
+          interceptors,
+          nodeOptions: tls,
+        })
       : createGrpcTransport({ baseUrl: options.baseUrl, interceptors, sessionManager });
   const runs = createConnectClient(RunService, transport);
 

@@ -3,6 +3,7 @@ import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
 import { Migrator } from "@mikro-orm/migrations";
 import { defineConfig, MikroORM, type Options } from "@mikro-orm/postgresql";
+import pg from "pg";
 import { entities } from "./entities.ts";
 import { SavepointPGliteDialect } from "./pglite-dialect.ts";
 
@@ -18,6 +19,8 @@ export interface Database {
   readonly orm: MikroORM;
   /** The embedded engine, when kind is "pglite" (its LISTEN lives here, not on a pool). */
   readonly pglite: PGlite | undefined;
+  /** The PostgreSQL URL, when kind is "postgres". */
+  readonly url: string | undefined;
   close(): Promise<void>;
 }
 
@@ -53,7 +56,7 @@ export async function openDatabase(target: DatabaseTarget): Promise<Database> {
         driverOptions: { connectionTimeoutMillis: 5_000, keepAlive: true },
       }),
     );
-    return { kind: "postgres", orm, pglite: undefined, close: () => orm.close(true) };
+    return { kind: "postgres", orm, pglite: undefined, url: target.url, close: () => orm.close(true) };
   }
   if (target.dataDir) mkdirSync(target.dataDir, { recursive: true });
   const pglite = await PGlite.create(target.dataDir ? { dataDir: target.dataDir } : {});
@@ -68,6 +71,7 @@ export async function openDatabase(target: DatabaseTarget): Promise<Database> {
     kind: "pglite",
     orm,
     pglite,
+    url: undefined,
     close: async () => {
       // Closing the ORM destroys the Kysely driver, which closes PGlite (and flushes its files).
       await orm.close(true);
@@ -76,8 +80,27 @@ export async function openDatabase(target: DatabaseTarget): Promise<Database> {
   };
 }
 
-/** Applies every committed migration that has not run yet; returns the names applied. */
+/** Any constant works; it only has to be the same for every agentstore process. */
+const MIGRATION_LOCK_KEY = 7_361_042_215;
+
+/**
+ * Applies every committed migration that has not run yet; returns the names applied. Replicas
+ * starting together on one PostgreSQL take turns under an advisory lock: the first migrates, the
+ * others then find nothing pending.
+ */
 export async function migrate(db: Database): Promise<string[]> {
-  const applied = await db.orm.migrator.up();
-  return applied.map((m) => m.name);
+  if (db.kind === "pglite" || db.url === undefined) return (await db.orm.migrator.up()).map((m) => m.name);
+  const lock = new pg.Client({ connectionString: db.url, connectionTimeoutMillis: 10_000 });
+  await lock.connect();
+  try {
+    await lock.query("select pg_advisory_lock($1)", [MIGRATION_LOCK_KEY]);
+    return (await db.orm.migrator.up()).map((m) => m.name);
+  } finally {
+    await lock.end().catch(() => {});
+  }
+}
+
+/** Names of the committed migrations the database has not applied yet. */
+export async function pendingMigrations(db: Database): Promise<string[]> {
+  return (await db.orm.migrator.getPending()).map((m) => m.name);
 }

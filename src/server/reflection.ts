@@ -22,12 +22,15 @@ const NOT_FOUND = 5;
 /**
  * gRPC server reflection (v1 and the v1alpha that older grpcurl and buf versions still ask for),
  * answered from the descriptors embedded in the generated code. With it, `buf curl` and `grpcurl`
- * list and call every service with no .proto files at hand.
+ * list and call every service with no .proto files at hand. `extraFiles` are types that are not
+ * part of any service but travel inside Any, such as the google.rpc error details.
  */
-export function createReflectionServices(services: readonly DescService[]) {
-  const registry = createFileRegistry(
-    create(FileDescriptorSetSchema, { file: collectFiles(services.map((s) => s.file)).map((f) => f.proto) }),
-  );
+export function createReflectionServices(
+  services: readonly DescService[],
+  extraFiles: readonly DescFile[] = [],
+) {
+  const files = collectFiles([...services.map((s) => s.file), ...extraFiles]);
+  const registry = createFileRegistry(create(FileDescriptorSetSchema, { file: files.map((f) => f.proto) }));
   const serialized = new Map<DescFile, Uint8Array>();
   const bytesOf = (file: DescFile) => {
     let bytes = serialized.get(file);

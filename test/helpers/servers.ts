@@ -45,6 +45,12 @@ export interface ServerProcess {
   stop(signal?: NodeJS.Signals): Promise<number | string>;
 }
 
+const children = new Set<ChildProcess>();
+// A test that fails half-way must not leave servers behind to keep the runner (and CI) waiting.
+process.on("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+
 /** `node src/main.ts` as a separate process, the way the README runs it. */
 export async function spawnServer(env: Record<string, string>, port = 0): Promise<ServerProcess> {
   const child = spawn(process.execPath, ["src/main.ts"], {
@@ -58,6 +64,8 @@ export async function spawnServer(env: Record<string, string>, port = 0): Promis
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  children.add(child);
+  child.once("exit", () => children.delete(child));
   let output = "";
   child.stdout?.on("data", (chunk) => {
     output += chunk;
