@@ -25,7 +25,10 @@ const { values: args } = parseArgs({
     concurrency: { type: "string", default: "16" },
     batch: { type: "string", default: "10" },
     followers: { type: "string", default: "100" },
-    "admin-url": { type: "string", default: process.env.TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres" },
+    "admin-url": {
+      type: "string",
+      default: process.env.TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
+    },
   },
 });
 const APPENDS = Number(args.appends);
@@ -42,7 +45,12 @@ interface Server {
 async function startServer(env: Record<string, string>): Promise<Server> {
   const child = spawn(process.execPath, ["src/main.ts"], {
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? "", AGENTSTORE_LISTEN: "127.0.0.1:0", AGENTSTORE_LOG_LEVEL: "info", ...env },
+    env: {
+      PATH: process.env.PATH ?? "",
+      AGENTSTORE_LISTEN: "127.0.0.1:0",
+      AGENTSTORE_LOG_LEVEL: "info",
+      ...env,
+    },
     stdio: ["ignore", "pipe", "inherit"],
   });
   let out = "";
@@ -69,7 +77,12 @@ const percentile = (sorted: number[], p: number) =>
   sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
 const summary = (samples: number[]) => {
   const s = [...samples].sort((a, b) => a - b);
-  return { p50: percentile(s, 50), p95: percentile(s, 95), p99: percentile(s, 99), max: s.at(-1) ?? Number.NaN };
+  return {
+    p50: percentile(s, 50),
+    p95: percentile(s, 95),
+    p99: percentile(s, 99),
+    max: s.at(-1) ?? Number.NaN,
+  };
 };
 const ms = (v: number) => v.toFixed(2);
 
@@ -87,7 +100,10 @@ async function appendLatency(client: AgentStoreClient) {
   const started = performance.now();
   for (let i = 0; i < APPENDS; i++) {
     const t = performance.now();
-    await client.runs.appendRunEvents({ runId, events: [{ type: "assistant_message", payload: { i, text: "hello" } }] });
+    await client.runs.appendRunEvents({
+      runId,
+      events: [{ type: "assistant_message", payload: { i, text: "hello" } }],
+    });
     samples.push(performance.now() - t);
   }
   return { ...summary(samples), perSecond: APPENDS / ((performance.now() - started) / 1000) };
@@ -103,13 +119,19 @@ async function appendThroughput(client: AgentStoreClient) {
       for (let c = 0; c < callsEach; c++) {
         await client.runs.appendRunEvents({
           runId,
-          events: Array.from({ length: BATCH }, (_, i) => ({ type: "command_output", payload: { c, i, line: "x".repeat(80) } })),
+          events: Array.from({ length: BATCH }, (_, i) => ({
+            type: "command_output",
+            payload: { c, i, line: "x".repeat(80) },
+          })),
         });
       }
     }),
   );
   const seconds = (performance.now() - started) / 1000;
-  return { events: runs.length * callsEach * BATCH, eventsPerSecond: (runs.length * callsEach * BATCH) / seconds };
+  return {
+    events: runs.length * callsEach * BATCH,
+    eventsPerSecond: (runs.length * callsEach * BATCH) / seconds,
+  };
 }
 
 /**
@@ -142,7 +164,10 @@ async function streamLatency(client: AgentStoreClient, followers: number, events
   }
   await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
   await Promise.all(follows);
-  return { ...summary([...worst.values()]), clientRssGrowthMb: (process.memoryUsage().rss - memoryBefore) / 2 ** 20 };
+  return {
+    ...summary([...worst.values()]),
+    clientRssGrowthMb: (process.memoryUsage().rss - memoryBefore) / 2 ** 20,
+  };
 }
 
 async function bench(backend: "pglite" | "postgres") {
@@ -170,7 +195,9 @@ async function bench(backend: "pglite" | "postgres") {
     const one = await streamLatency(client, 1, Math.min(APPENDS, 1000));
     const many = await streamLatency(client, FOLLOWERS, 200);
     const serverRss = Number(
-      (await import("node:fs")).readFileSync(`/proc/${server.child.pid}/status`, "utf8").match(/VmRSS:\s+(\d+)/)?.[1] ?? 0,
+      (await import("node:fs"))
+        .readFileSync(`/proc/${server.child.pid}/status`, "utf8")
+        .match(/VmRSS:\s+(\d+)/)?.[1] ?? 0,
     );
     const lines = [
       `### ${backend} — ${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB`,
@@ -188,7 +215,10 @@ async function bench(backend: "pglite" | "postgres") {
     const text = lines.join("\n");
     console.log(text);
     mkdirSync(join(ROOT, "bench/results"), { recursive: true });
-    writeFileSync(join(ROOT, `bench/results/${backend}.md`), `${text}\nCommand: npm run bench -- --backend ${backend}\n`);
+    writeFileSync(
+      join(ROOT, `bench/results/${backend}.md`),
+      `${text}\nCommand: npm run bench -- --backend ${backend}\n`,
+    );
   } finally {
     client.close();
     await server.stop();
@@ -196,7 +226,8 @@ async function bench(backend: "pglite" | "postgres") {
   }
 }
 
-const wanted = args.backend === "both" ? (["pglite", "postgres"] as const) : [args.backend as "pglite" | "postgres"];
+const wanted =
+  args.backend === "both" ? (["pglite", "postgres"] as const) : [args.backend as "pglite" | "postgres"];
 for (const backend of wanted) {
   if (backend === "postgres") {
     const probe = new pg.Client({ connectionString: args["admin-url"], connectionTimeoutMillis: 3000 });

@@ -115,6 +115,8 @@ export function createHealthService(
       }
       let wake: (() => void) | undefined;
       const off = health.onChange(() => wake?.());
+      const onAbort = () => wake?.();
+      ctx.signal.addEventListener("abort", onAbort, { once: true });
       try {
         let last: ServingStatus | undefined;
         for (;;) {
@@ -127,11 +129,12 @@ export function createHealthService(
           }
           await new Promise<void>((resolve) => {
             wake = resolve;
-            ctx.signal.addEventListener("abort", () => resolve(), { once: true });
+            if (ctx.signal.aborted) resolve();
           });
         }
       } finally {
         off();
+        ctx.signal.removeEventListener("abort", onAbort);
       }
     },
     list() {

@@ -16,6 +16,7 @@ export interface HttpServer {
 }
 
 const HTTP2_PREFACE_START = Buffer.from("PRI ");
+const FIRST_BYTES_TIMEOUT_MS = 10_000;
 
 /**
  * Serves one handler on one port for every protocol Connect speaks: gRPC needs HTTP/2, browsers'
@@ -65,6 +66,8 @@ export async function listen(
     const h1Server = h1;
     server = net.createServer((socket) => {
       track(socket);
+      // A connection that never says which protocol it speaks must not hold a socket forever.
+      socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
       let head = Buffer.alloc(0);
       const onData = (chunk: Buffer) => {
         head = Buffer.concat([head, chunk]);
@@ -75,6 +78,7 @@ export async function listen(
           return; // Too few bytes to tell yet.
         }
         socket.off("data", onData);
+        socket.setTimeout(0);
         socket.pause();
         socket.unshift(head);
         if (head.subarray(0, HTTP2_PREFACE_START.length).equals(HTTP2_PREFACE_START)) {

@@ -55,7 +55,8 @@ export type RunEvent = Message<"agentstore.v1.RunEvent"> & {
   payload?: JsonObject | undefined;
 
   /**
-   * Commit time of the append.
+   * When the append that wrote this event took the run's lock (millisecond precision). Events of
+   * one batch share it. Order events by seq, not by time.
    *
    * @generated from field: google.protobuf.Timestamp create_time = 5;
    */

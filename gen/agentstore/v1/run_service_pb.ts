@@ -732,7 +732,7 @@ export type AppendRunEventsResponse = Message<"agentstore.v1.AppendRunEventsResp
   lastSeq: bigint;
 
   /**
-   * Commit time of the batch.
+   * The batch's create_time (see RunEvent.create_time).
    *
    * @generated from field: google.protobuf.Timestamp create_time = 3;
    */
