@@ -160,7 +160,7 @@ const settings = {
     flag: "stream-poll-ms",
     help: "safety re-check of streamed runs, in case a notification was lost",
     schema: positiveInt,
-    fallback: "5000",
+    fallback: "15000",
   },
   healthIntervalMs: {
     env: "AGENTSTORE_HEALTH_INTERVAL_MS",

@@ -4,6 +4,8 @@ import type { Logger } from "../logger.ts";
 import { type Change, type ChangeFeed, Listeners } from "./feed.ts";
 
 const CHANNEL = "agentstore_changes";
+const HEARTBEAT_INTERVAL_MS = 5_000;
+const HEARTBEAT_TIMEOUT_MS = 5_000;
 
 /**
  * Cross-replica feed over PostgreSQL LISTEN/NOTIFY. Writers NOTIFY inside their transaction, so a
@@ -20,6 +22,7 @@ export class PgFeed implements ChangeFeed {
   #closed = false;
   #attempt = 0;
   #reconnectTimer: NodeJS.Timeout | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
 
   constructor(url: string, logger: Logger) {
     this.#url = url;
@@ -56,6 +59,7 @@ export class PgFeed implements ChangeFeed {
   async close(): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#reconnectTimer);
+    clearInterval(this.#heartbeat);
     const client = this.#client;
     this.#client = undefined;
     await client?.end().catch(() => {});
@@ -87,11 +91,37 @@ export class PgFeed implements ChangeFeed {
     }
     this.#client = client;
     this.#attempt = 0;
+    this.#startHeartbeat(client);
+  }
+
+  /**
+   * A half-open TCP connection loses notifications without an error, and TCP keepalive takes
+   * minutes to notice. A query on the LISTEN connection every few seconds notices within one
+   * timeout, and the reconnect that follows resyncs every stream.
+   */
+  #startHeartbeat(client: pg.Client): void {
+    clearInterval(this.#heartbeat);
+    this.#heartbeat = setInterval(() => {
+      let timer: NodeJS.Timeout | undefined;
+      Promise.race([
+        client.query("select 1"),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error("no answer within 5 s")), HEARTBEAT_TIMEOUT_MS);
+        }),
+      ])
+        .catch((err: Error) => {
+          this.#logger.warn({ err: err.message }, "change feed heartbeat failed");
+          this.#lost(client);
+        })
+        .finally(() => clearTimeout(timer));
+    }, HEARTBEAT_INTERVAL_MS);
+    this.#heartbeat.unref();
   }
 
   #lost(client: pg.Client): void {
     if (this.#client !== client || this.#closed) return;
     this.#client = undefined;
+    clearInterval(this.#heartbeat);
     client.removeAllListeners();
     client.on("error", () => {});
     client.end().catch(() => {});
