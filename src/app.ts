@@ -21,6 +21,9 @@ import { createRunService } from "./services/run-service.ts";
 import { createRedactor } from "./store/redact.ts";
 import { RUN_EVENTS_CHANNEL, RunStore, TERMINAL_EVENT_TYPE } from "./store/runs.ts";
 
+/** A stream's database reads (topic refreshes and catch-up pages) hold about this much payload. */
+const STREAM_READ_BYTES = 2 * 1024 * 1024;
+
 export interface App {
   readonly port: number;
   readonly db: Database;
@@ -61,12 +64,14 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       channel: RUN_EVENTS_CHANNEL,
       head: (tenant, runId) => store.lastSeq(tenant, runId),
       read: async (tenant, runId, afterSeq, limit) =>
-        (await store.readEvents(tenant, runId, afterSeq, limit)).map((event) => ({
-          seq: event.seq,
-          terminal: event.type === TERMINAL_EVENT_TYPE,
-          bytes: event.payloadBytes + 128,
-          value: eventToProto(event),
-        })),
+        (await store.readEvents(tenant, runId, afterSeq, { limit, maxBytes: STREAM_READ_BYTES })).map(
+          (event) => ({
+            seq: event.seq,
+            terminal: event.type === TERMINAL_EVENT_TYPE,
+            bytes: event.payloadBytes + 128,
+            value: eventToProto(event),
+          }),
+        ),
     };
     const runEvents = new LogHub(
       runEventSource,

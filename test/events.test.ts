@@ -18,9 +18,9 @@ for (const backend of await backends()) {
     before(async () => {
       db = await backend.create();
       server = await startServer(db, {
-        AGENTSTORE_MAX_EVENT_BYTES: "2048",
+        AGENTSTORE_MAX_EVENT_BYTES: String(128 * 1024),
         AGENTSTORE_MAX_BATCH_EVENTS: "50",
-        AGENTSTORE_MAX_BATCH_BYTES: "8192",
+        AGENTSTORE_MAX_BATCH_BYTES: String(1024 * 1024),
         AGENTSTORE_REDACT_KEYS: "ssn",
       });
       client = createClient({ baseUrl: server.url });
@@ -125,7 +125,7 @@ for (const backend of await backends()) {
       await rejectsWith(
         client.runs.appendRunEvents({
           runId,
-          events: [{ type: "diff", payload: { blob: "x".repeat(4096) } }],
+          events: [{ type: "diff", payload: { blob: "x".repeat(140_000) } }],
         }),
         Code.ResourceExhausted,
         "PAYLOAD_TOO_LARGE",
@@ -133,7 +133,7 @@ for (const backend of await backends()) {
       await rejectsWith(
         client.runs.appendRunEvents({
           runId,
-          events: range(1, 6).map(() => ({ type: "diff", payload: { blob: "y".repeat(1800) } })),
+          events: range(1, 9).map(() => ({ type: "diff", payload: { blob: "y".repeat(120_000) } })),
         }),
         Code.ResourceExhausted,
         "PAYLOAD_TOO_LARGE",
@@ -148,6 +148,29 @@ for (const backend of await backends()) {
       );
       const { run } = await client.runs.getRun({ runId });
       assert.equal(run?.lastEventSeq, 0n);
+    });
+
+    it("ListRunEvents cuts pages by size too, so a page stays under gRPC's 4 MiB message limit", async () => {
+      const runId = await newRun();
+      for (let batch = 0; batch < 5; batch++) {
+        await client.runs.appendRunEvents({
+          runId,
+          events: range(1, 8).map((i) => ({
+            type: "diff",
+            payload: { batch, i, blob: "z".repeat(120_000) },
+          })),
+        });
+      }
+      const pages: number[][] = [];
+      let pageToken = "";
+      do {
+        const page = await client.runs.listRunEvents({ runId, pageSize: 1000, pageToken });
+        pages.push(page.events.map((e) => Number(e.seq)));
+        pageToken = page.nextPageToken;
+      } while (pageToken !== "");
+      assert.ok(pages.length >= 2, `40 events of 120 kB take more than one page (got ${pages.length})`);
+      assert.ok((pages[0]?.length ?? 0) <= 27, "a page holds about 3 MiB of payload");
+      assert.deepEqual(pages.flat(), range(1, 40));
     });
 
     it("the terminal event type is reserved for the server", async () => {
@@ -249,6 +272,21 @@ for (const backend of await backends()) {
       );
       const { events: stored } = await client.runs.listRunEvents({ runId });
       assert.equal(stored.length, 2);
+    });
+
+    it("a retried idempotent append answers with its first result even after the run ended", async () => {
+      const runId = await newRun();
+      const requestId = randomUUID();
+      const events = [{ type: "diff", payload: { once: true } }];
+      const first = await client.runs.appendRunEvents({ runId, events, requestId });
+      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      const retry = await client.runs.appendRunEvents({ runId, events, requestId });
+      assert.deepEqual([retry.firstSeq, retry.lastSeq], [first.firstSeq, first.lastSeq]);
+      await rejectsWith(
+        client.runs.appendRunEvents({ runId, events, requestId: randomUUID() }),
+        Code.FailedPrecondition,
+        "RUN_TERMINAL",
+      );
     });
 
     it("a plain grpc-js client appends and lists with the same semantics", async () => {

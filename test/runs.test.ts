@@ -329,6 +329,51 @@ for (const backend of await backends()) {
       assert.equal(all.byModel.alpha?.totalTokens, 125n);
     });
 
+    it("ListInflightRuns without created_before pages from one fixed cut-off", async () => {
+      const threadId = `t-${randomUUID()}`;
+      for (let i = 0; i < 3; i++) {
+        await client.runs.createRun({ run: { threadId, multitaskStrategy: MultitaskStrategy.ENQUEUE } });
+      }
+      const seen: string[] = [];
+      let pageToken = "";
+      let pages = 0;
+      do {
+        const page = await client.runs.listInflightRuns({ pageSize: 1, pageToken });
+        seen.push(...page.runs.map((r) => r.runId));
+        pageToken = page.nextPageToken;
+        // A run created after the first page is after the cut-off and must not appear.
+        if (pages++ === 0)
+          await client.runs.createRun({ run: { threadId, multitaskStrategy: MultitaskStrategy.ENQUEUE } });
+      } while (pageToken !== "");
+      assert.equal(seen.length, new Set(seen).size);
+      const { runs } = await client.runs.listRuns({ threadId });
+      const newest = runs[0]?.runId;
+      assert.ok(!seen.includes(newest ?? ""), "the run created while paging is past the cut-off");
+      assert.ok(runs.slice(1).every((r) => seen.includes(r.runId)));
+    });
+
+    it("racing creates with one request_id and no thread make one run", async () => {
+      // Without a thread there is no thread lock: the unique index and the retry settle the race.
+      const requestId = randomUUID();
+      const sessionId = `s-${requestId}`;
+      const results = await Promise.all(
+        Array.from({ length: 12 }, () => client.runs.createRun({ run: { sessionId }, requestId })),
+      );
+      assert.equal(new Set(results.map((r) => r.run?.runId)).size, 1);
+      const { runs } = await client.runs.listRuns({ sessionId });
+      assert.equal(runs.length, 1);
+    });
+
+    it("run ids are accepted in upper case and answered in canonical lower case", async () => {
+      const { run } = await client.runs.createRun({ run: {} });
+      const upper = run?.runId.toUpperCase() ?? "";
+      const { run: read } = await client.runs.getRun({ runId: upper });
+      assert.equal(read?.runId, run?.runId);
+      await client.runs.appendRunEvents({ runId: upper, events: [{ type: "diff", payload: {} }] });
+      const { events } = await client.runs.listRunEvents({ runId: upper });
+      assert.equal(events[0]?.runId, run?.runId);
+    });
+
     it("ListInflightRuns returns active runs created before a time, oldest first, page by page", async () => {
       const threadId = `t-${randomUUID()}`;
       const ids: string[] = [];

@@ -90,6 +90,10 @@ const RETRYABLE = new Set([
   Code.DeadlineExceeded,
 ]);
 
+/** INTERNAL or UNKNOWN this many times in a row without progress ends the follow with the error. */
+const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown]);
+const MAX_SERVER_FAULTS = 5;
+
 export function createClient(options: ClientOptions): AgentStoreClient {
   const auth: Interceptor = (next) => (req) => {
     if (options.apiKey !== undefined) req.header.set("authorization", `Bearer ${options.apiKey}`);
@@ -118,6 +122,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
     const maxDelayMs = follow.maxDelayMs ?? 5_000;
     let last = BigInt(follow.afterSeq ?? 0);
     let failures = 0;
+    let faults = 0;
     for (;;) {
       signal?.throwIfAborted();
       try {
@@ -126,6 +131,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
           if (event === undefined || event.seq <= last) continue;
           last = event.seq;
           failures = 0;
+          faults = 0;
           yield event;
           if (event.type === TERMINAL_EVENT_TYPE) return;
         }
@@ -138,6 +144,8 @@ export function createClient(options: ClientOptions): AgentStoreClient {
         if (signal?.aborted) throw signal.reason;
         const error = ConnectError.from(err);
         if (!RETRYABLE.has(error.code) || failures >= maxReconnects) throw error;
+        // A server fault that persists is a bug to surface, not an outage to wait out.
+        if (SERVER_FAULTS.has(error.code) && ++faults > MAX_SERVER_FAULTS) throw error;
         const delayMs = Math.round(Math.random() * Math.min(maxDelayMs, initialDelayMs * 2 ** failures));
         failures++;
         follow.onReconnect?.({ error, attempt: failures, delayMs, afterSeq: last });

@@ -160,6 +160,8 @@ export class LogHub<T> {
       created.ready = this.#source.head(tenant, key).then(
         (head) => {
           created.head = head;
+          // Every follower may have left while head() ran; a timer armed now would never be cleared.
+          if (this.#topics.get(id) !== created) return;
           created.timer = setInterval(() => void this.#refresh(created), this.#options.pollIntervalMs);
           created.timer.unref();
           if (created.changedWhileStarting) void this.#refresh(created);

@@ -46,6 +46,9 @@ export function toConnectError(err: unknown, logger: Logger, procedure: string):
   if (err instanceof DomainError) {
     return connectError(CODES[err.code], err.reason, err.message, err.metadata);
   }
+  if (isClientGone(err)) {
+    return new ConnectError("the client went away", Code.Canceled);
+  }
   if (isDatabaseUnavailable(err)) {
     logger.warn({ err: describe(err), procedure }, "database unavailable");
     return connectError(
@@ -90,6 +93,12 @@ export function isDatabaseUnavailable(err: unknown): boolean {
     if (CONNECTION_MESSAGES.test(e.message)) return true;
   }
   return false;
+}
+
+/** A stream the client closed or reset before the call ended: its business, not a server fault. */
+function isClientGone(err: unknown): boolean {
+  const e = err as { code?: unknown; name?: unknown };
+  return e?.code === "ERR_STREAM_PREMATURE_CLOSE" || e?.name === "AbortError";
 }
 
 function sqlState(err: unknown): string | undefined {

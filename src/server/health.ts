@@ -129,7 +129,8 @@ export function createHealthService(
           }
           await new Promise<void>((resolve) => {
             wake = resolve;
-            if (ctx.signal.aborted) resolve();
+            // A change that landed while the last status was being sent woke nobody: check again.
+            if (ctx.signal.aborted || status() !== last) resolve();
           });
         }
       } finally {

@@ -64,9 +64,9 @@ function invalidArgumentError(violations: readonly Violation[]): ConnectError {
 }
 
 /**
- * Maps every error to its wire form (server/errors.ts) and logs each call once it ends: errors that
- * are the server's fault at error level, the caller's at debug, with the procedure, code, tenant
- * and duration. Streaming responses are wrapped so that errors thrown mid-stream are mapped too.
+ * Maps every error to its wire form (server/errors.ts) and logs each call at debug level once it
+ * ends, with the procedure, code, tenant and duration. Streaming responses are wrapped so that
+ * errors thrown mid-stream are mapped too.
  */
 export function observeInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
@@ -81,11 +81,9 @@ export function observeInterceptor(logger: Logger): Interceptor {
         code,
         ms: Math.round((performance.now() - started) * 10) / 10,
       };
-      if (mapped !== undefined && (mapped.code === Code.Internal || mapped.code === Code.Unavailable)) {
-        logger.warn(entry, mapped.message);
-      } else {
-        logger.debug(entry, "call");
-      }
+      // INTERNAL and a lost database were logged with their cause by toConnectError; the rest
+      // (the caller's mistakes, cancellations, streams ended by a shutdown) are routine.
+      logger.debug(entry, mapped === undefined ? "call" : mapped.message);
       return mapped;
     };
     let res: Awaited<ReturnType<typeof next>>;

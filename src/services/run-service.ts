@@ -37,6 +37,15 @@ import {
 const isSeq = (p: unknown): p is number => typeof p === "number" && Number.isSafeInteger(p) && p >= 0;
 
 /**
+ * Run ids are UUIDs, which protovalidate accepts in either case. The store and the change feed key
+ * runs by the canonical lower-case form, so every request's id is folded once, here.
+ */
+const runIdOf = (req: { runId: string }) => req.runId.toLowerCase();
+
+/** One ListRunEvents page carries about this much payload, below gRPC's common 4 MiB limit. */
+const EVENT_PAGE_BYTES = 3 * 1024 * 1024;
+
+/**
  * RunService: validate (protovalidate already ran in the interceptor) -> map -> store -> map.
  * The tenant always comes from the caller's credentials (tenantOf), never from the request.
  */
@@ -65,7 +74,9 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     },
 
     async getRun(req, ctx) {
-      return create(GetRunResponseSchema, { run: runToProto(await store.getRun(tenantOf(ctx), req.runId)) });
+      return create(GetRunResponseSchema, {
+        run: runToProto(await store.getRun(tenantOf(ctx), runIdOf(req))),
+      });
     },
 
     async listRuns(req, ctx) {
@@ -87,17 +98,17 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     },
 
     async cancelRun(req, ctx) {
-      const { run, changed } = await store.cancelRun(tenantOf(ctx), req.runId, req.reason);
+      const { run, changed } = await store.cancelRun(tenantOf(ctx), runIdOf(req), req.reason);
       return create(CancelRunResponseSchema, { run: runToProto(run), changed });
     },
 
     async deleteRun(req, ctx) {
-      await store.deleteRun(tenantOf(ctx), req.runId, req.allowMissing);
+      await store.deleteRun(tenantOf(ctx), runIdOf(req), req.allowMissing);
       return create(DeleteRunResponseSchema, {});
     },
 
     async finishRun(req, ctx) {
-      const { run, changed } = await store.finishRun(tenantOf(ctx), req.runId, {
+      const { run, changed } = await store.finishRun(tenantOf(ctx), runIdOf(req), {
         status: statusFromProto(req.status) as TerminalStatus,
         failureKind: emptyToNull(req.failureKind),
         failureMessage: emptyToNull(req.failureMessage),
@@ -110,7 +121,7 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     },
 
     async updateRunProgress(req, ctx) {
-      const run = await store.updateRunProgress(tenantOf(ctx), req.runId, {
+      const run = await store.updateRunProgress(tenantOf(ctx), runIdOf(req), {
         usage: usageFromProto(req.usage),
         messageCount: req.messageCount === undefined ? undefined : Number(req.messageCount),
         firstHumanMessage: req.firstHumanMessage,
@@ -143,7 +154,7 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     async listInflightRuns(req, ctx) {
       const page = await store.listInflightRuns(
         tenantOf(ctx),
-        dateFromProto(req.createdBefore) ?? new Date(),
+        dateFromProto(req.createdBefore),
         req.pageSize,
         req.pageToken,
       );
@@ -156,7 +167,7 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     async appendRunEvents(req, ctx) {
       const result = await store.appendEvents(
         tenantOf(ctx),
-        req.runId,
+        runIdOf(req),
         req.events.map((e) => ({ type: e.type, payload: e.payload ?? {} })),
         emptyToNull(req.requestId),
       );
@@ -168,22 +179,26 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     },
 
     async listRunEvents(req, ctx) {
-      const limit = clampPageSize(req.pageSize, 100, 1000);
-      const filters = { runId: req.runId, types: [...req.types].sort() };
+      const runId = runIdOf(req);
+      const filters = { runId, afterSeq: String(req.afterSeq), types: [...req.types].sort() };
       const after = decodePageToken("run_events", filters, req.pageToken, isSeq) ?? Number(req.afterSeq);
-      const stored = await store.listEvents(tenantOf(ctx), req.runId, after, limit + 1, req.types);
-      const page = stored.slice(0, limit);
-      const last = page.at(-1);
+      const { events, more } = await store.listEvents(
+        tenantOf(ctx),
+        runId,
+        after,
+        { limit: clampPageSize(req.pageSize, 100, 1000), maxBytes: EVENT_PAGE_BYTES },
+        req.types,
+      );
+      const last = events.at(-1);
       return create(ListRunEventsResponseSchema, {
-        events: page.map(eventToProto),
-        nextPageToken:
-          stored.length > limit && last !== undefined ? encodePageToken("run_events", filters, last.seq) : "",
+        events: events.map(eventToProto),
+        nextPageToken: more && last !== undefined ? encodePageToken("run_events", filters, last.seq) : "",
       });
     },
 
     async *streamRunEvents(req, ctx: HandlerContext) {
       const tenant = tenantOf(ctx);
-      const run = await store.getRun(tenant, req.runId);
+      const run = await store.getRun(tenant, runIdOf(req));
       const afterSeq = Number(req.afterSeq);
       if (afterSeq > run.lastSeq) {
         throw new DomainError(

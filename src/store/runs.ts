@@ -126,7 +126,26 @@ class LostIdempotencyRace extends Error {}
 
 type Position = [createdAtIso: string, id: string];
 const isPosition = (p: unknown): p is Position =>
-  Array.isArray(p) && p.length === 2 && typeof p[0] === "string" && typeof p[1] === "string";
+  Array.isArray(p) && p.length === 2 && p.every((v) => typeof v === "string");
+type InflightPosition = [cutoffIso: string, createdAtIso: string, id: string];
+const isInflightPosition = (p: unknown): p is InflightPosition =>
+  Array.isArray(p) && p.length === 3 && p.every((v) => typeof v === "string");
+
+/**
+ * Roughly how much run JSON one list response may carry. gRPC clients refuse messages over 4 MiB
+ * by default, and a run may hold up to a megabyte of metadata and input.
+ */
+const LIST_RESPONSE_BUDGET_BYTES = 3 * 1024 * 1024;
+
+/** The leading runs whose JSON fits the response budget (at least one). */
+function fitResponse(rows: RunRow[]): RunRow[] {
+  let bytes = 0;
+  for (const [index, row] of rows.entries()) {
+    bytes += JSON.stringify(row.metadata).length + JSON.stringify(row.input).length + 512;
+    if (bytes > LIST_RESPONSE_BUDGET_BYTES && index > 0) return rows.slice(0, index);
+  }
+  return rows;
+}
 
 export interface RunStoreOptions {
   limits: Limits;
@@ -246,28 +265,43 @@ export class RunStore {
     return this.#page("runs", filter, rows, limit);
   }
 
+  /**
+   * Active runs created before `createdBefore` (now when undefined), oldest first. The cut-off of
+   * the first page travels in the token, so later pages neither move it nor need it repeated.
+   */
   async listInflightRuns(
     tenant: string,
-    createdBefore: Date,
+    createdBefore: Date | undefined,
     pageSize: number,
     pageToken: string,
   ): Promise<Page<RunRow>> {
     const limit = clampPageSize(pageSize, 50, 500);
-    const filters = { createdBefore: createdBefore.toISOString() };
-    const after = decodePageToken("inflight", filters, pageToken, isPosition);
+    const filters = { createdBefore: createdBefore?.toISOString() ?? null };
+    const after = decodePageToken("inflight", filters, pageToken, isInflightPosition);
+    const cutoff = after !== undefined ? new Date(after[0]) : (createdBefore ?? new Date());
     const where: Record<string, unknown> = {
       tenantId: tenant,
       status: { $in: ACTIVE_STATUSES },
-      createdAt: { $lt: createdBefore },
+      createdAt: { $lt: cutoff },
     };
     if (after !== undefined) {
-      const createdAt = new Date(after[0]);
-      where.$and = [{ $or: [{ createdAt: { $gt: createdAt } }, { createdAt, id: { $gt: after[1] } }] }];
+      const createdAt = new Date(after[1]);
+      where.$and = [{ $or: [{ createdAt: { $gt: createdAt } }, { createdAt, id: { $gt: after[2] } }] }];
     }
     const rows = await this.#db.orm.em
       .fork()
       .find(RunEntity, where, { orderBy: { createdAt: "asc", id: "asc" }, limit: limit + 1 });
-    return this.#page("inflight", filters, rows, limit);
+    const items = fitResponse(rows.slice(0, limit));
+    const last = items.at(-1);
+    const nextPageToken =
+      rows.length > items.length && last !== undefined
+        ? encodePageToken<InflightPosition>("inflight", filters, [
+            cutoff.toISOString(),
+            last.createdAt.toISOString(),
+            last.id,
+          ])
+        : "";
+    return { items, nextPageToken };
   }
 
   async cancelRun(tenant: string, runId: string, reason: string): Promise<{ run: RunRow; changed: boolean }> {
@@ -393,6 +427,10 @@ export class RunStore {
         const row = rows[0];
         if (row === undefined) {
           const run = await this.#requireRun(tx, tenant, runId);
+          // A retry of an append that committed before the run ended answers with that append.
+          const previous =
+            requestId === null ? undefined : await this.#findBatch(tx, tenant, runId, requestId, requestHash);
+          if (previous !== undefined) return previous;
           throw runIsTerminal(run);
         }
         const lastSeq = Number(row.last_seq);
@@ -416,23 +454,32 @@ export class RunStore {
     }
   }
 
-  /** Events after `afterSeq` in seq order, optionally of some types only. NOT_FOUND when the run is. */
+  /**
+   * Events after `afterSeq` in seq order, optionally of some types only: at most `limit` events and,
+   * past the first one, at most `maxBytes` of payload. `more` says whether the log has more after
+   * the page. NOT_FOUND when the run does not exist.
+   */
   async listEvents(
     tenant: string,
     runId: string,
     afterSeq: number,
-    limit: number,
+    page: { limit: number; maxBytes: number },
     types: readonly string[] = [],
-  ): Promise<StoredEvent[]> {
+  ): Promise<{ events: StoredEvent[]; more: boolean }> {
     const em = this.#db.orm.em.fork();
-    const events = await this.#readEvents(em, tenant, runId, afterSeq, limit, types);
-    if (events.length === 0) await this.#requireRun(em, tenant, runId);
-    return events;
+    const result = await this.#readEvents(em, tenant, runId, afterSeq, page, types);
+    if (result.events.length === 0) await this.#requireRun(em, tenant, runId);
+    return result;
   }
 
-  /** Events after `afterSeq` without checking that the run exists (the stream hub's hot path). */
-  readEvents(tenant: string, runId: string, afterSeq: number, limit: number): Promise<StoredEvent[]> {
-    return this.#readEvents(this.#db.orm.em.fork(), tenant, runId, afterSeq, limit, []);
+  /** Like listEvents, without checking that the run exists (the stream hub's hot path). */
+  async readEvents(
+    tenant: string,
+    runId: string,
+    afterSeq: number,
+    page: { limit: number; maxBytes: number },
+  ): Promise<StoredEvent[]> {
+    return (await this.#readEvents(this.#db.orm.em.fork(), tenant, runId, afterSeq, page, [])).events;
   }
 
   /** The run's newest committed seq. NOT_FOUND when the run does not exist. */
@@ -452,28 +499,57 @@ export class RunStore {
     tenant: string,
     runId: string,
     afterSeq: number,
-    limit: number,
+    page: { limit: number; maxBytes: number },
     types: readonly string[],
-  ): Promise<StoredEvent[]> {
+  ): Promise<{ events: StoredEvent[]; more: boolean }> {
     const typeFilter = types.length > 0 ? "and type in (select jsonb_array_elements_text(?::jsonb))" : "";
+    // The innermost query takes the next limit + 1 rows by the primary key (one more than the page,
+    // to know whether more exist); the outer ones keep the first `limit` rows whose preceding
+    // payloads fit in maxBytes (the first row always does), so a page stays near maxBytes however
+    // large single events are.
     const rows = await em.execute<
-      Array<{ seq: unknown; type: string; payload: string; created_at: unknown }>
+      Array<{
+        seq: unknown;
+        type: string;
+        payload: string;
+        bytes: unknown;
+        created_at: unknown;
+        available: unknown;
+      }>
     >(
-      `select seq, type, payload::text as payload, created_at from run_events
-       where tenant_id = ? and run_id = ? and seq > ? ${typeFilter}
-       order by seq limit ?`,
-      types.length > 0
-        ? [tenant, runId, afterSeq, JSON.stringify(types), limit]
-        : [tenant, runId, afterSeq, limit],
+      `select seq, type, payload, bytes, created_at, available from (
+         select *,
+           sum(bytes) over (order by seq) - bytes as bytes_before,
+           row_number() over (order by seq) as n,
+           count(*) over () as available
+         from (
+           select seq, type, payload::text as payload, octet_length(payload::text) as bytes, created_at
+           from run_events
+           where tenant_id = ? and run_id = ? and seq > ? ${typeFilter}
+           order by seq limit ?
+         ) next_rows
+       ) sized
+       where bytes_before < ? and n <= ?
+       order by seq`,
+      [
+        tenant,
+        runId,
+        afterSeq,
+        ...(types.length > 0 ? [JSON.stringify(types)] : []),
+        page.limit + 1,
+        page.maxBytes,
+        page.limit,
+      ],
     );
-    return rows.map((row) => ({
+    const events = rows.map((row) => ({
       runId,
       seq: Number(row.seq),
       type: row.type,
       payload: JSON.parse(row.payload) as Record<string, unknown>,
-      payloadBytes: row.payload.length,
+      payloadBytes: Number(row.bytes),
       createdAt: toDate(row.created_at),
     }));
+    return { events, more: rows.length > 0 && Number(rows[0]?.available) > rows.length };
   }
 
   /**
@@ -628,10 +704,10 @@ export class RunStore {
   }
 
   #page(kind: string, filters: unknown, rows: RunRow[], limit: number): Page<RunRow> {
-    const items = rows.slice(0, limit);
+    const items = fitResponse(rows.slice(0, limit));
     const last = items.at(-1);
     const nextPageToken =
-      rows.length > limit && last !== undefined
+      rows.length > items.length && last !== undefined
         ? encodePageToken<Position>(kind, filters, [last.createdAt.toISOString(), last.id])
         : "";
     return { items, nextPageToken };
