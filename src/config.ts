@@ -361,7 +361,7 @@ function parseApiKeys(inline: string | undefined, file: string | undefined, prob
   return keys;
 }
 
-export function isLoopback(host: string): boolean {
+function isLoopback(host: string): boolean {
   if (host === "localhost") return true;
   if (isIP(host) === 4) return host.startsWith("127.");
   return host === "::1";
@@ -384,7 +384,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
   };
 }
 
-export function redactUrl(url: string): string {
+function redactUrl(url: string): string {
   try {
     const parsed = new URL(url);
     if (parsed.password) parsed.password = "***";

@@ -83,7 +83,7 @@ const CONNECTION_ERRNOS = new Set([
 const CONNECTION_MESSAGES =
   /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection ended|connection is closed|PGlite is closed/i;
 
-export function isDatabaseUnavailable(err: unknown): boolean {
+function isDatabaseUnavailable(err: unknown): boolean {
   for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
     if (e instanceof ConnectionException) return true;
     const code = (e as { code?: unknown }).code;

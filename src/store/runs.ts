@@ -14,23 +14,16 @@ export type { RunRow };
 export const RUN_EVENTS_CHANNEL = "run_events";
 export const TERMINAL_EVENT_TYPE = "terminal_status";
 
-export const RUN_STATUSES = [
-  "pending",
-  "claimed",
-  "running",
-  "completed",
-  "failed",
-  "blocked",
-  "cancelled",
-] as const;
-export type RunStatus = (typeof RUN_STATUSES)[number];
-export type TerminalStatus = Extract<RunStatus, "completed" | "failed" | "blocked" | "cancelled">;
-export const ACTIVE_STATUSES: readonly RunStatus[] = ["pending", "claimed", "running"];
-const ACTIVE_SQL = "('pending','claimed','running')";
-const TERMINAL_SQL = "('completed','failed','blocked','cancelled')";
+const ACTIVE_STATUSES = ["pending", "claimed", "running"] as const;
+const TERMINAL_STATUSES = ["completed", "failed", "blocked", "cancelled"] as const;
+export type TerminalStatus = (typeof TERMINAL_STATUSES)[number];
+export type RunStatus = (typeof ACTIVE_STATUSES)[number] | TerminalStatus;
+const sqlList = (values: readonly string[]) => `(${values.map((v) => `'${v}'`).join(",")})`;
+const ACTIVE_SQL = sqlList(ACTIVE_STATUSES);
+const TERMINAL_SQL = sqlList(TERMINAL_STATUSES);
 
 export const isTerminal = (status: string): status is TerminalStatus =>
-  !ACTIVE_STATUSES.includes(status as RunStatus);
+  (TERMINAL_STATUSES as readonly string[]).includes(status);
 
 export type MultitaskStrategy = "reject" | "enqueue" | "interrupt";
 
@@ -773,6 +766,6 @@ function zeroUsage(): TokenUsage {
 }
 
 /** PostgreSQL (through pg) returns timestamptz as text, PGlite as Date. */
-export function toDate(value: unknown): Date {
+function toDate(value: unknown): Date {
   return value instanceof Date ? value : new Date(String(value));
 }
