@@ -403,6 +403,7 @@ export class RunStore {
       return await this.#transaction(async (tx, changes) => {
         // One statement: lock the run and reserve the seqs (the UPDATE), then insert the events
         // with them. A run that is terminal or missing updates nothing and so inserts nothing.
+        // PostgreSQL runs a data-modifying CTE whether or not the final SELECT reads it.
         const rows = await tx.execute<Array<{ last_seq: unknown; updated_at: unknown }>>(
           `with bumped as (
              update runs set last_seq = last_seq + ?, updated_at = clock_timestamp()
@@ -412,9 +413,8 @@ export class RunStore {
              insert into run_events (tenant_id, run_id, seq, type, payload, created_at)
              select ?, ?, b.last_seq - ? + e.ord, e.value->>'type', e.value->'payload', b.updated_at
              from bumped b cross join lateral jsonb_array_elements(?::jsonb) with ordinality as e(value, ord)
-             returning seq
            )
-           select b.last_seq, b.updated_at, (select count(*) from inserted) as inserted from bumped b`,
+           select last_seq, updated_at from bumped`,
           [events.length, tenant, runId, tenant, runId, events.length, batchJson],
         );
         const row = rows[0];
