@@ -1,39 +1,27 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import type { JsonObject } from "@bufbuild/protobuf";
-import { type AgentStoreClient, Code, createClient, RunStatus } from "../src/client/index.ts";
+import { Code, RunStatus } from "../src/client/index.ts";
 import { range, rejectsWith } from "./helpers/assertions.ts";
-import { backends, type TestDatabase } from "./helpers/databases.ts";
+import { backends } from "./helpers/databases.ts";
 import { errorReason, type GrpcError, grpcRunService, struct, unary, unstruct } from "./helpers/grpc-js.ts";
-import { startServer, type TestServer } from "./helpers/servers.ts";
+import { useServer } from "./helpers/servers.ts";
 
 for (const backend of await backends()) {
   describe(`run events on ${backend.name}`, { skip: backend.skip }, () => {
-    let db: TestDatabase;
-    let server: TestServer;
-    let client: AgentStoreClient;
-    const newRun = async () => (await client.runs.createRun({ run: {} })).run?.runId ?? assert.fail("no run");
-
-    before(async () => {
-      db = await backend.create();
-      server = await startServer(db, {
-        AGENTSTORE_MAX_EVENT_BYTES: String(128 * 1024),
-        AGENTSTORE_MAX_BATCH_EVENTS: "50",
-        AGENTSTORE_MAX_BATCH_BYTES: String(1024 * 1024),
-        AGENTSTORE_REDACT_KEYS: "ssn",
-      });
-      client = createClient({ baseUrl: server.url });
+    const fx = useServer(backend, {
+      AGENTSTORE_MAX_EVENT_BYTES: String(128 * 1024),
+      AGENTSTORE_MAX_BATCH_EVENTS: "50",
+      AGENTSTORE_MAX_BATCH_BYTES: String(1024 * 1024),
+      AGENTSTORE_REDACT_KEYS: "ssn",
     });
-    after(async () => {
-      client?.close();
-      await server?.close();
-      await db?.drop();
-    });
+    const newRun = async () =>
+      (await fx.client.runs.createRun({ run: {} })).run?.runId ?? assert.fail("no run");
 
     it("a batch gets consecutive seqs after the run's last one and reads back in order", async () => {
       const runId = await newRun();
-      const first = await client.runs.appendRunEvents({
+      const first = await fx.client.runs.appendRunEvents({
         runId,
         events: [
           { type: "assistant_message", payload: { text: "a" } },
@@ -41,12 +29,12 @@ for (const backend of await backends()) {
         ],
       });
       assert.deepEqual([first.firstSeq, first.lastSeq], [1n, 2n]);
-      const second = await client.runs.appendRunEvents({
+      const second = await fx.client.runs.appendRunEvents({
         runId,
         events: [{ type: "diff", payload: { files: ["x"] } }],
       });
       assert.deepEqual([second.firstSeq, second.lastSeq], [3n, 3n]);
-      const { events } = await client.runs.listRunEvents({ runId });
+      const { events } = await fx.client.runs.listRunEvents({ runId });
       assert.deepEqual(
         events.map((e) => [e.seq, e.type, e.payload]),
         [
@@ -55,33 +43,33 @@ for (const backend of await backends()) {
           [3n, "diff", { files: ["x"] }],
         ],
       );
-      const { run } = await client.runs.getRun({ runId });
+      const { run } = await fx.client.runs.getRun({ runId });
       assert.equal(run?.lastEventSeq, 3n);
     });
 
     it("ListRunEvents pages by after_seq and token and filters by type", async () => {
       const runId = await newRun();
       const types = ["assistant_message", "diff", "error"];
-      await client.runs.appendRunEvents({
+      await fx.client.runs.appendRunEvents({
         runId,
         events: range(1, 10).map((i) => ({ type: types[i % 3] ?? "diff", payload: { i } })),
       });
       const seqs: bigint[] = [];
       let pageToken = "";
       do {
-        const page = await client.runs.listRunEvents({ runId, afterSeq: 2n, pageSize: 3, pageToken });
+        const page = await fx.client.runs.listRunEvents({ runId, afterSeq: 2n, pageSize: 3, pageToken });
         seqs.push(...page.events.map((e) => e.seq));
         pageToken = page.nextPageToken;
       } while (pageToken !== "");
       assert.deepEqual(seqs, range(3, 10).map(BigInt));
-      const diffs = await client.runs.listRunEvents({ runId, types: ["diff", "error"] });
+      const diffs = await fx.client.runs.listRunEvents({ runId, types: ["diff", "error"] });
       assert.deepEqual(
         diffs.events.map((e) => e.payload?.i),
         [1, 2, 4, 5, 7, 8, 10],
       );
-      const page = await client.runs.listRunEvents({ runId, pageSize: 2 });
+      const page = await fx.client.runs.listRunEvents({ runId, pageSize: 2 });
       await rejectsWith(
-        client.runs.listRunEvents({ runId, types: ["diff"], pageToken: page.nextPageToken }),
+        fx.client.runs.listRunEvents({ runId, types: ["diff"], pageToken: page.nextPageToken }),
         Code.InvalidArgument,
         "PAGE_TOKEN_MISMATCH",
       );
@@ -89,7 +77,7 @@ for (const backend of await backends()) {
 
     it("redacts values under secret-looking keys before storing, and keeps token counters", async () => {
       const runId = await newRun();
-      await client.runs.appendRunEvents({
+      await fx.client.runs.appendRunEvents({
         runId,
         events: [
           {
@@ -105,7 +93,7 @@ for (const backend of await backends()) {
           },
         ],
       });
-      const { events } = await client.runs.listRunEvents({ runId });
+      const { events } = await fx.client.runs.listRunEvents({ runId });
       assert.deepEqual(events[0]?.payload, {
         api_key: "[REDACTED]",
         nested: {
@@ -123,7 +111,7 @@ for (const backend of await backends()) {
     it("over-size payloads and batches are RESOURCE_EXHAUSTED and store nothing", async () => {
       const runId = await newRun();
       await rejectsWith(
-        client.runs.appendRunEvents({
+        fx.client.runs.appendRunEvents({
           runId,
           events: [{ type: "diff", payload: { blob: "x".repeat(140_000) } }],
         }),
@@ -131,7 +119,7 @@ for (const backend of await backends()) {
         "PAYLOAD_TOO_LARGE",
       );
       await rejectsWith(
-        client.runs.appendRunEvents({
+        fx.client.runs.appendRunEvents({
           runId,
           events: range(1, 9).map(() => ({ type: "diff", payload: { blob: "y".repeat(120_000) } })),
         }),
@@ -139,21 +127,21 @@ for (const backend of await backends()) {
         "PAYLOAD_TOO_LARGE",
       );
       await rejectsWith(
-        client.runs.appendRunEvents({
+        fx.client.runs.appendRunEvents({
           runId,
           events: range(1, 51).map(() => ({ type: "diff", payload: {} })),
         }),
         Code.ResourceExhausted,
         "TOO_MANY_EVENTS",
       );
-      const { run } = await client.runs.getRun({ runId });
+      const { run } = await fx.client.runs.getRun({ runId });
       assert.equal(run?.lastEventSeq, 0n);
     });
 
     it("ListRunEvents cuts pages by size too, so a page stays under gRPC's 4 MiB message limit", async () => {
       const runId = await newRun();
       for (let batch = 0; batch < 5; batch++) {
-        await client.runs.appendRunEvents({
+        await fx.client.runs.appendRunEvents({
           runId,
           events: range(1, 8).map((i) => ({
             type: "diff",
@@ -164,7 +152,7 @@ for (const backend of await backends()) {
       const pages: number[][] = [];
       let pageToken = "";
       do {
-        const page = await client.runs.listRunEvents({ runId, pageSize: 1000, pageToken });
+        const page = await fx.client.runs.listRunEvents({ runId, pageSize: 1000, pageToken });
         pages.push(page.events.map((e) => Number(e.seq)));
         pageToken = page.nextPageToken;
       } while (pageToken !== "");
@@ -176,7 +164,7 @@ for (const backend of await backends()) {
     it("the terminal event type is reserved for the server", async () => {
       const runId = await newRun();
       await rejectsWith(
-        client.runs.appendRunEvents({ runId, events: [{ type: "terminal_status", payload: {} }] }),
+        fx.client.runs.appendRunEvents({ runId, events: [{ type: "terminal_status", payload: {} }] }),
         Code.InvalidArgument,
         "RESERVED_EVENT_TYPE",
       );
@@ -184,14 +172,14 @@ for (const backend of await backends()) {
 
     it("appending to a terminal run is FAILED_PRECONDITION; to an unknown run NOT_FOUND", async () => {
       const runId = await newRun();
-      await client.runs.finishRun({ runId, status: RunStatus.FAILED, failureKind: "boom" });
+      await fx.client.runs.finishRun({ runId, status: RunStatus.FAILED, failureKind: "boom" });
       await rejectsWith(
-        client.runs.appendRunEvents({ runId, events: [{ type: "diff", payload: {} }] }),
+        fx.client.runs.appendRunEvents({ runId, events: [{ type: "diff", payload: {} }] }),
         Code.FailedPrecondition,
         "RUN_TERMINAL",
       );
       await rejectsWith(
-        client.runs.appendRunEvents({ runId: randomUUID(), events: [{ type: "diff", payload: {} }] }),
+        fx.client.runs.appendRunEvents({ runId: randomUUID(), events: [{ type: "diff", payload: {} }] }),
         Code.NotFound,
         "RUN_NOT_FOUND",
       );
@@ -206,7 +194,7 @@ for (const backend of await backends()) {
         range(0, appenders - 1).map(async (a) => {
           const got: Array<{ first: bigint; last: bigint; b: number }> = [];
           for (let b = 0; b < batches; b++) {
-            const res = await client.runs.appendRunEvents({
+            const res = await fx.client.runs.appendRunEvents({
               runId,
               events: range(0, perBatch - 1).map((i) => ({ type: "command_output", payload: { a, b, i } })),
             });
@@ -219,7 +207,7 @@ for (const backend of await backends()) {
       const events = [];
       let pageToken = "";
       do {
-        const page = await client.runs.listRunEvents({ runId, pageSize: 1000, pageToken });
+        const page = await fx.client.runs.listRunEvents({ runId, pageSize: 1000, pageToken });
         events.push(...page.events);
         pageToken = page.nextPageToken;
       } while (pageToken !== "");
@@ -249,10 +237,10 @@ for (const backend of await backends()) {
         { type: "diff", payload: {} },
       ];
       const attempts = await Promise.all(
-        range(1, 8).map(() => client.runs.appendRunEvents({ runId, events, requestId })),
+        range(1, 8).map(() => fx.client.runs.appendRunEvents({ runId, events, requestId })),
       );
       for (const res of attempts) assert.deepEqual([res.firstSeq, res.lastSeq], [1n, 2n]);
-      const retry = await client.runs.appendRunEvents({
+      const retry = await fx.client.runs.appendRunEvents({
         runId,
         requestId,
         events: [
@@ -262,7 +250,7 @@ for (const backend of await backends()) {
       });
       assert.deepEqual([retry.firstSeq, retry.lastSeq], [1n, 2n], "key order does not make a new request");
       await rejectsWith(
-        client.runs.appendRunEvents({
+        fx.client.runs.appendRunEvents({
           runId,
           requestId,
           events: [{ type: "diff", payload: { other: true } }],
@@ -270,7 +258,7 @@ for (const backend of await backends()) {
         Code.AlreadyExists,
         "REQUEST_ID_REUSED",
       );
-      const { events: stored } = await client.runs.listRunEvents({ runId });
+      const { events: stored } = await fx.client.runs.listRunEvents({ runId });
       assert.equal(stored.length, 2);
     });
 
@@ -278,19 +266,19 @@ for (const backend of await backends()) {
       const runId = await newRun();
       const requestId = randomUUID();
       const events = [{ type: "diff", payload: { once: true } }];
-      const first = await client.runs.appendRunEvents({ runId, events, requestId });
-      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
-      const retry = await client.runs.appendRunEvents({ runId, events, requestId });
+      const first = await fx.client.runs.appendRunEvents({ runId, events, requestId });
+      await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      const retry = await fx.client.runs.appendRunEvents({ runId, events, requestId });
       assert.deepEqual([retry.firstSeq, retry.lastSeq], [first.firstSeq, first.lastSeq]);
       await rejectsWith(
-        client.runs.appendRunEvents({ runId, events, requestId: randomUUID() }),
+        fx.client.runs.appendRunEvents({ runId, events, requestId: randomUUID() }),
         Code.FailedPrecondition,
         "RUN_TERMINAL",
       );
     });
 
     it("a plain grpc-js client appends and lists with the same semantics", async () => {
-      const grpc = grpcRunService(server.app.port);
+      const grpc = grpcRunService(fx.server.app.port);
       try {
         const created = await unary<{ run: { run_id: string } }>(grpc, "CreateRun", { run: {} });
         const runId = created.run.run_id;

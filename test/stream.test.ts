@@ -1,29 +1,28 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import type { ClientReadableStream } from "@grpc/grpc-js";
-import { type AgentStoreClient, Code, createClient, type RunEvent, RunStatus } from "../src/client/index.ts";
+import { Code, type RunEvent, RunStatus } from "../src/client/index.ts";
 import { collect, eventually, range, rejectsWith } from "./helpers/assertions.ts";
-import { backends, type TestDatabase } from "./helpers/databases.ts";
+import { backends } from "./helpers/databases.ts";
 import { grpcRunService } from "./helpers/grpc-js.ts";
-import { startServer, type TestServer } from "./helpers/servers.ts";
+import { useServer } from "./helpers/servers.ts";
 
 const seqsOf = (events: RunEvent[]) => events.map((e) => Number(e.seq));
 
 for (const backend of await backends()) {
   describe(`StreamRunEvents on ${backend.name}`, { skip: backend.skip }, () => {
-    let db: TestDatabase;
-    let server: TestServer;
-    let client: AgentStoreClient;
-    const newRun = async () => (await client.runs.createRun({ run: {} })).run?.runId ?? assert.fail("no run");
+    const fx = useServer(backend, { AGENTSTORE_STREAM_BUFFER_EVENTS: "8" });
+    const newRun = async () =>
+      (await fx.client.runs.createRun({ run: {} })).run?.runId ?? assert.fail("no run");
     const append = (runId: string, n: number, type = "assistant_message") =>
-      client.runs.appendRunEvents({ runId, events: range(1, n).map((i) => ({ type, payload: { i } })) });
+      fx.client.runs.appendRunEvents({ runId, events: range(1, n).map((i) => ({ type, payload: { i } })) });
     /** Reads a stream in the background; `events` fills as they arrive. */
     const follow = (runId: string, afterSeq = 0n, types: string[] = []) => {
       const controller = new AbortController();
       const events: RunEvent[] = [];
       const done = (async () => {
-        for await (const res of client.runs.streamRunEvents(
+        for await (const res of fx.client.runs.streamRunEvents(
           { runId, afterSeq, types },
           { signal: controller.signal },
         )) {
@@ -34,17 +33,6 @@ for (const backend of await backends()) {
       return { events, done, stop: () => controller.abort() };
     };
 
-    before(async () => {
-      db = await backend.create();
-      server = await startServer(db, { AGENTSTORE_STREAM_BUFFER_EVENTS: "8" });
-      client = createClient({ baseUrl: server.url });
-    });
-    after(async () => {
-      client?.close();
-      await server?.close();
-      await db?.drop();
-    });
-
     it("sends the stored backlog, then live events, and ends after the terminal event", async () => {
       const runId = await newRun();
       await append(runId, 3);
@@ -52,7 +40,7 @@ for (const backend of await backends()) {
       await eventually(() => assert.equal(stream.events.length, 3));
       await append(runId, 2, "diff");
       await eventually(() => assert.equal(stream.events.length, 5));
-      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
       await stream.done;
       assert.deepEqual(seqsOf(stream.events), range(1, 6));
       assert.equal(stream.events.at(-1)?.type, "terminal_status");
@@ -72,7 +60,7 @@ for (const backend of await backends()) {
       const second = follow(runId, last);
       await eventually(() => assert.equal(second.events.length, 3));
       await append(runId, 2);
-      await client.runs.cancelRun({ runId, reason: "done" });
+      await fx.client.runs.cancelRun({ runId, reason: "done" });
       await second.done;
       assert.deepEqual([...seqsOf(first.events), ...seqsOf(second.events)], range(1, 10));
     });
@@ -81,19 +69,19 @@ for (const backend of await backends()) {
       const runId = await newRun();
       await append(runId, 2);
       await rejectsWith(
-        collect(client.runs.streamRunEvents({ runId, afterSeq: 3n })),
+        collect(fx.client.runs.streamRunEvents({ runId, afterSeq: 3n })),
         Code.OutOfRange,
         "SEQ_OUT_OF_RANGE",
       );
-      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
-      assert.deepEqual(await collect(client.runs.streamRunEvents({ runId, afterSeq: 3n })), []);
-      const tail = await collect(client.runs.streamRunEvents({ runId, afterSeq: 2n }));
+      await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      assert.deepEqual(await collect(fx.client.runs.streamRunEvents({ runId, afterSeq: 3n })), []);
+      const tail = await collect(fx.client.runs.streamRunEvents({ runId, afterSeq: 2n }));
       assert.deepEqual(
         tail.map((r) => r.event?.type),
         ["terminal_status"],
       );
       await rejectsWith(
-        collect(client.runs.streamRunEvents({ runId: randomUUID() })),
+        collect(fx.client.runs.streamRunEvents({ runId: randomUUID() })),
         Code.NotFound,
         "RUN_NOT_FOUND",
       );
@@ -101,7 +89,7 @@ for (const backend of await backends()) {
 
     it("filters by type but always sends the terminal event", async () => {
       const runId = await newRun();
-      await client.runs.appendRunEvents({
+      await fx.client.runs.appendRunEvents({
         runId,
         events: [
           { type: "assistant_message", payload: {} },
@@ -111,7 +99,7 @@ for (const backend of await backends()) {
       });
       const stream = follow(runId, 0n, ["diff"]);
       await eventually(() => assert.equal(stream.events.length, 1));
-      await client.runs.finishRun({ runId, status: RunStatus.FAILED, failureKind: "x" });
+      await fx.client.runs.finishRun({ runId, status: RunStatus.FAILED, failureKind: "x" });
       await stream.done;
       assert.deepEqual(
         stream.events.map((e) => [Number(e.seq), e.type]),
@@ -125,8 +113,8 @@ for (const backend of await backends()) {
     it("fans out to many followers with one database read per change, not one per follower", async () => {
       const runId = await newRun();
       const followers = range(1, 20).map(() => follow(runId));
-      await eventually(() => assert.equal(server.app.runEvents.stats().followers >= 20, true));
-      const readsBefore = server.app.runEvents.stats().databaseReads;
+      await eventually(() => assert.equal(fx.server.app.runEvents.stats().followers >= 20, true));
+      const readsBefore = fx.server.app.runEvents.stats().databaseReads;
       const appends = 10;
       for (let i = 0; i < appends; i++) {
         await append(runId, 1);
@@ -134,12 +122,12 @@ for (const backend of await backends()) {
           for (const f of followers) assert.equal(f.events.length, i + 1);
         });
       }
-      const reads = server.app.runEvents.stats().databaseReads - readsBefore;
+      const reads = fx.server.app.runEvents.stats().databaseReads - readsBefore;
       assert.ok(reads <= appends + 2, `expected about ${appends} reads for ${appends} changes, got ${reads}`);
-      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
       await Promise.all(followers.map((f) => f.done));
       for (const f of followers) assert.deepEqual(seqsOf(f.events), range(1, appends + 1));
-      await eventually(() => assert.equal(server.app.runEvents.stats().topics, 0, "topics are released"));
+      await eventually(() => assert.equal(fx.server.app.runEvents.stats().topics, 0, "topics are released"));
     });
 
     it("a follower that stops reading for a while still gets every event in order", async () => {
@@ -148,7 +136,7 @@ for (const backend of await backends()) {
       // A raw iterator we do not pull from while the log grows far past the 8-entry topic buffer.
       // (Whether the server then reads from the database depends on how much the transport
       // buffers; test/hub.test.ts pins that behaviour down without a transport.)
-      const slow = client.runs.streamRunEvents({ runId })[Symbol.asyncIterator]();
+      const slow = fx.client.runs.streamRunEvents({ runId })[Symbol.asyncIterator]();
       const pending = slow.next();
       const early = await Promise.race([
         pending,
@@ -157,14 +145,17 @@ for (const backend of await backends()) {
       assert.equal(early, "none", "nothing to read yet");
       const blob = "b".repeat(4096);
       for (let i = 0; i < 40; i++) {
-        await client.runs.appendRunEvents({
+        await fx.client.runs.appendRunEvents({
           runId,
           events: range(1, 5).map((n) => ({ type: "command_output", payload: { n, blob } })),
         });
       }
       await eventually(() => assert.equal(live.events.length, 200));
-      assert.ok(server.app.runEvents.stats().bufferedEntries <= 8, "the topic buffer stays within its bound");
-      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      assert.ok(
+        fx.server.app.runEvents.stats().bufferedEntries <= 8,
+        "the topic buffer stays within its bound",
+      );
+      await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
       await live.done;
       const slowSeqs: number[] = [];
       for (let r = await pending; !r.done; r = await slow.next()) slowSeqs.push(Number(r.value.event?.seq));
@@ -176,13 +167,13 @@ for (const backend of await backends()) {
       const runId = await newRun();
       const stream = follow(runId);
       const started = Date.now();
-      await client.runs.appendRunEvents({
+      await fx.client.runs.appendRunEvents({
         runId: runId.toUpperCase(),
         events: [{ type: "diff", payload: {} }],
       });
       await eventually(() => assert.equal(stream.events.length, 1), 3_000);
       assert.ok(Date.now() - started < 3_000, "delivered by the change feed, not the safety poll");
-      await client.runs.cancelRun({ runId: runId.toUpperCase() });
+      await fx.client.runs.cancelRun({ runId: runId.toUpperCase() });
       await stream.done;
     });
 
@@ -194,7 +185,7 @@ for (const backend of await backends()) {
           for (let i = 0; i < 10; i++) await append(runId, 2);
         }),
       );
-      await client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
       await Promise.all(followers.map((f) => f.done));
       for (const f of followers) assert.deepEqual(seqsOf(f.events), range(1, 161));
     });
@@ -202,8 +193,8 @@ for (const backend of await backends()) {
     it("a plain grpc-js client streams the same events", async () => {
       const runId = await newRun();
       await append(runId, 2);
-      await client.runs.finishRun({ runId, status: RunStatus.BLOCKED, failureKind: "needs_approval" });
-      const grpc = grpcRunService(server.app.port);
+      await fx.client.runs.finishRun({ runId, status: RunStatus.BLOCKED, failureKind: "needs_approval" });
+      const grpc = grpcRunService(fx.server.app.port);
       try {
         const call = (
           grpc.StreamRunEvents as (

@@ -1,29 +1,18 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { after, before, describe, it } from "node:test";
-import { type AgentStoreClient, Code, createClient, RunStatus } from "../src/client/index.ts";
+import { before, describe, it } from "node:test";
+import { Code, RunStatus } from "../src/client/index.ts";
 import { badFieldsOf, collect, rejectsWith } from "./helpers/assertions.ts";
-import { backends, type TestDatabase } from "./helpers/databases.ts";
+import { backends } from "./helpers/databases.ts";
 import { errorReason, type GrpcError, grpcRunService, struct, unary } from "./helpers/grpc-js.ts";
-import { startServer, type TestServer } from "./helpers/servers.ts";
+import { useServer } from "./helpers/servers.ts";
 
 for (const backend of await backends()) {
   describe(`input validation on ${backend.name}`, { skip: backend.skip }, () => {
-    let db: TestDatabase;
-    let server: TestServer;
-    let client: AgentStoreClient;
+    const fx = useServer(backend);
     let runId: string;
-
     before(async () => {
-      db = await backend.create();
-      server = await startServer(db);
-      client = createClient({ baseUrl: server.url });
-      runId = (await client.runs.createRun({ run: {} })).run?.runId ?? "";
-    });
-    after(async () => {
-      client?.close();
-      await server?.close();
-      await db?.drop();
+      runId = (await fx.client.runs.createRun({ run: {} })).run?.runId ?? "";
     });
 
     const invalid = async (call: Promise<unknown>, field: string) => {
@@ -33,21 +22,24 @@ for (const backend of await backends()) {
     };
 
     it("names the field and rule of every bad input with INVALID_ARGUMENT", async () => {
-      await invalid(client.runs.getRun({ runId: "not-a-uuid" }), "run_id");
-      await invalid(client.runs.createRun({}), "run");
-      await invalid(client.runs.createRun({ run: { threadId: "x".repeat(300) } }), "run.thread_id");
-      await invalid(client.runs.listRuns({ pageSize: -1 }), "page_size");
-      await invalid(client.runs.finishRun({ runId, status: RunStatus.RUNNING }), "status");
-      await invalid(client.runs.appendRunEvents({ runId, events: [] }), "events");
-      await invalid(client.runs.appendRunEvents({ runId, events: [{ type: "Bad Type" }] }), "events[0].type");
-      await invalid(client.runs.listRunEvents({ runId, afterSeq: -1n }), "after_seq");
-      await invalid(client.runs.getThreadUsage({ threadId: "" }), "thread_id");
-      await invalid(collect(client.runs.streamRunEvents({ runId, types: ["UPPER"] })), "types[0]");
+      await invalid(fx.client.runs.getRun({ runId: "not-a-uuid" }), "run_id");
+      await invalid(fx.client.runs.createRun({}), "run");
+      await invalid(fx.client.runs.createRun({ run: { threadId: "x".repeat(300) } }), "run.thread_id");
+      await invalid(fx.client.runs.listRuns({ pageSize: -1 }), "page_size");
+      await invalid(fx.client.runs.finishRun({ runId, status: RunStatus.RUNNING }), "status");
+      await invalid(fx.client.runs.appendRunEvents({ runId, events: [] }), "events");
+      await invalid(
+        fx.client.runs.appendRunEvents({ runId, events: [{ type: "Bad Type" }] }),
+        "events[0].type",
+      );
+      await invalid(fx.client.runs.listRunEvents({ runId, afterSeq: -1n }), "after_seq");
+      await invalid(fx.client.runs.getThreadUsage({ threadId: "" }), "thread_id");
+      await invalid(collect(fx.client.runs.streamRunEvents({ runId, types: ["UPPER"] })), "types[0]");
     });
 
     it("a bad request changes nothing", async () => {
       await rejectsWith(
-        client.runs.appendRunEvents({
+        fx.client.runs.appendRunEvents({
           runId,
           events: [
             { type: "diff", payload: {} },
@@ -56,12 +48,12 @@ for (const backend of await backends()) {
         }),
         Code.InvalidArgument,
       );
-      const { run } = await client.runs.getRun({ runId });
+      const { run } = await fx.client.runs.getRun({ runId });
       assert.equal(run?.lastEventSeq, 0n);
     });
 
     it("grpc-js callers get the same code and reason", async () => {
-      const grpc = grpcRunService(server.app.port);
+      const grpc = grpcRunService(fx.server.app.port);
       try {
         const err = (await unary(grpc, "AppendRunEvents", {
           run_id: runId,

@@ -1,10 +1,12 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
+import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type App, startApp } from "../../src/app.ts";
+import { type AgentStoreClient, createClient } from "../../src/client/index.ts";
 import { loadConfig } from "../../src/config.ts";
 import { createLogger } from "../../src/logger.ts";
-import type { TestDatabase } from "./databases.ts";
+import type { Backend, TestDatabase } from "./databases.ts";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -100,6 +102,42 @@ export async function spawnServer(env: Record<string, string>, port = 0): Promis
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       const [code, sig] = (await exited) as [number | null, NodeJS.Signals | null];
       return code ?? sig ?? "unknown";
+    },
+  };
+}
+
+export interface ServerFixture {
+  readonly server: TestServer;
+  /** A Connect client of the server, with no API key. */
+  readonly client: AgentStoreClient;
+}
+
+/**
+ * One server per describe block: registers before/after hooks that create a fresh database of the
+ * backend, start the server on it with `env` and open a client, then close all three.
+ */
+export function useServer(backend: Backend, env: Record<string, string> = {}): ServerFixture {
+  let db: TestDatabase | undefined;
+  let server: TestServer | undefined;
+  let client: AgentStoreClient | undefined;
+  before(async () => {
+    db = await backend.create();
+    server = await startServer(db, env);
+    client = createClient({ baseUrl: server.url });
+  });
+  after(async () => {
+    client?.close();
+    await server?.close();
+    await db?.drop();
+  });
+  return {
+    get server() {
+      if (server === undefined) throw new Error("the server starts in before()");
+      return server;
+    },
+    get client() {
+      if (client === undefined) throw new Error("the client opens in before()");
+      return client;
     },
   };
 }
