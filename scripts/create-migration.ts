@@ -1,10 +1,11 @@
 // Generates the next migration from the difference between the entities and the committed
 // migrations: it replays them on a throwaway in-memory PGlite, then diffs. Usage:
 //   npm run migration:create -- <name>
+import { allEntities } from "../src/app.ts";
 import { migrate, openDatabase } from "../src/db/database.ts";
 
 const name = process.argv[2];
-const db = await openDatabase({ kind: "pglite", dataDir: undefined });
+const db = await openDatabase({ kind: "pglite", dataDir: undefined }, { entities: allEntities() });
 try {
   await migrate(db);
   const result = await db.orm.migrator.create(undefined, false, false, name);

@@ -1,116 +1,136 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import type { RunEvent } from "../gen/agentstore/v1/run_event_pb.ts";
-import { RunService } from "../gen/agentstore/v1/run_service_pb.ts";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.ts";
 import { Health } from "../gen/grpc/health/v1/health_pb.ts";
-import type { Config } from "./config.ts";
+import type { Config } from "./config/index.ts";
+import { StartupError } from "./core/errors.ts";
+import type { Logger } from "./core/logger.ts";
+import { Paging } from "./core/paging.ts";
 import { type Database, migrate, openDatabase, pendingMigrations } from "./db/database.ts";
+import { serverEntities } from "./db/entities.ts";
+import { serverKey } from "./db/server-keys.ts";
+import { UnitOfWork } from "./db/unit-of-work.ts";
 import type { ChangeFeed } from "./feed/feed.ts";
-import { LogHub, type LogSource } from "./feed/hub.ts";
 import { LocalFeed } from "./feed/local-feed.ts";
 import { PgFeed } from "./feed/pg-feed.ts";
-import type { Logger } from "./logger.ts";
+import type { StreamHub } from "./feed/stream-hub.ts";
+import type { Module, ModuleContext } from "./modules/module.ts";
+import { runsModule } from "./modules/runs.ts";
 import { createAuthGate } from "./server/auth.ts";
 import { createHealthService, DatabaseHealth } from "./server/health.ts";
 import { type HttpServer, listen } from "./server/http.ts";
 import { observeInterceptor, validationInterceptor } from "./server/interceptors.ts";
 import { createReflectionServices } from "./server/reflection.ts";
-import { eventToProto } from "./services/convert.ts";
-import { createRunService } from "./services/run-service.ts";
-import { createRedactor } from "./store/redact.ts";
-import { RUN_EVENTS_CHANNEL, RunStore, TERMINAL_EVENT_TYPE } from "./store/runs.ts";
 
-/** A stream's database reads (topic refreshes and catch-up pages) hold about this much payload. */
-const STREAM_READ_BYTES = 2 * 1024 * 1024;
+/** Every module the server mounts. Adding a service means adding its module here, nothing else. */
+export const MODULES: readonly Module[] = [runsModule];
+
+/** Every table, for the ORM and the migration generator. */
+export const allEntities = (modules: readonly Module[] = MODULES) => [
+  ...serverEntities,
+  ...modules.flatMap((m) => m.entities),
+];
 
 export interface App {
   readonly port: number;
   readonly db: Database;
   readonly health: DatabaseHealth;
-  /** The run-event stream hub (its stats() show fan-out and buffering). */
-  readonly runEvents: LogHub<RunEvent>;
+  /** Every mounted module's stream hubs by name ("run-events", "runs"), for stats. */
+  readonly hubs: ReadonlyMap<string, StreamHub<unknown>>;
   /** Graceful stop: NOT_SERVING, no new connections, open streams end with UNAVAILABLE, database closed. */
   close(): Promise<void>;
 }
 
-/** Opens the database and the feed, then serves every service; the whole server in one call. */
-export async function startApp(config: Config, logger: Logger): Promise<App> {
-  const db = await openDatabase(config.database);
+/** Opens the database and the feed, mounts every module, then serves; the whole server in one call. */
+export async function startApp(
+  config: Config,
+  logger: Logger,
+  modules: readonly Module[] = MODULES,
+): Promise<App> {
+  const { database } = config;
+  const db = await openDatabase(database.target, {
+    entities: allEntities(modules),
+    createMissingDatabase: database.migrateAtStart,
+  });
   const cleanup: Array<() => Promise<void> | void> = [() => db.close()];
   try {
-    if (config.migrateAtStart) {
+    if (database.migrateAtStart) {
       const applied = await migrate(db);
       if (applied.length > 0) logger.info({ migrations: applied }, "applied migrations");
     } else {
       const pending = await pendingMigrations(db);
       if (pending.length > 0) {
-        throw new Error(
+        throw new StartupError(
           `the database schema is behind this server (${pending.length} pending migrations: ${pending.join(", ")}); ` +
-            "run `agentstore migrate` (npm run migrate) or start with AGENTSTORE_MIGRATE=true",
+            "apply them with `npm run migrate` (or `make migrate`), or start with AGENTSTORE_MIGRATE=true",
         );
       }
     }
     const feed: ChangeFeed =
-      config.database.kind === "postgres" ? new PgFeed(config.database.url, logger) : new LocalFeed(logger);
+      database.target.kind === "postgres" ? new PgFeed(database.target.url, logger) : new LocalFeed(logger);
     await feed.start();
     cleanup.unshift(() => feed.close());
 
-    const store = new RunStore(db, feed, {
-      limits: config.limits,
-      redact: createRedactor(config.extraRedactKeys),
-    });
-    const runEventSource: LogSource<RunEvent> = {
-      channel: RUN_EVENTS_CHANNEL,
-      head: (tenant, runId) => store.lastSeq(tenant, runId),
-      read: async (tenant, runId, afterSeq, limit) =>
-        (await store.readEvents(tenant, runId, afterSeq, { limit, maxBytes: STREAM_READ_BYTES })).map(
-          (event) => ({
-            seq: event.seq,
-            terminal: event.type === TERMINAL_EVENT_TYPE,
-            bytes: event.payloadBytes + 128,
-            value: eventToProto(event),
-          }),
-        ),
-    };
-    const runEvents = new LogHub(
-      runEventSource,
+    const context: ModuleContext = {
+      config,
+      db,
+      uow: new UnitOfWork(db, feed),
       feed,
-      {
-        bufferEntries: config.stream.bufferEvents,
-        bufferBytes: 8 * 1024 * 1024,
-        pageSize: 500,
-        pollIntervalMs: config.stream.pollIntervalMs,
-      },
+      paging: new Paging(await serverKey(db, "page_tokens")),
       logger,
-    );
-    cleanup.unshift(() => runEvents.close());
+    };
+    const mounted = modules.map((module) => module.mount(context));
+    const hubs = new Map(mounted.flatMap((m) => [...m.hubs]));
+    cleanup.unshift(() => {
+      for (const hub of hubs.values()) hub.close();
+    });
+    const services = mounted.flatMap((m) => m.services);
 
-    const health = new DatabaseHealth(db, config.healthIntervalMs, logger);
+    const health = new DatabaseHealth(db, config.server.healthIntervalMs, logger);
     await health.start();
     cleanup.unshift(() => health.shutdown());
 
     const shutdown = new AbortController();
     // Error details ride in google.protobuf.Any; reflecting their file lets buf curl decode them.
-    const reflection = createReflectionServices([RunService, Health], [file_google_rpc_error_details]);
+    const reflection = createReflectionServices(
+      [...services, Health],
+      [file_google_rpc_error_details, ...mounted.flatMap((m) => m.extraFiles ?? [])],
+    );
     const handler = connectNodeAdapter({
       routes: (router) => {
-        router.service(RunService, createRunService(store, runEvents));
-        router.service(Health, createHealthService(health, [RunService.typeName]));
+        for (const module of mounted) module.routes(router);
+        router.service(
+          Health,
+          createHealthService(
+            health,
+            services.map((s) => s.typeName),
+          ),
+        );
         router.service(...reflection.v1);
         router.service(...reflection.v1alpha);
       },
-      requestGate: createAuthGate(config.apiKeys),
+      requestGate: createAuthGate(config.server.apiKeys),
       interceptors: [observeInterceptor(logger), validationInterceptor()],
-      readMaxBytes: config.limits.maxMessageBytes,
+      readMaxBytes: config.server.maxMessageBytes,
       shutdownSignal: shutdown.signal,
       grpc: true,
       grpcWeb: true,
       connect: true,
     });
-    const server: HttpServer = await listen(handler, { ...config.listen, tls: config.tls }, logger);
+    for (const module of mounted) await module.warmUp?.();
+    const server: HttpServer = await listen(
+      handler,
+      { ...config.server.listen, tls: config.server.tls },
+      logger,
+    );
     logger.info(
-      { port: server.port, host: config.listen.host, database: db.kind, tls: config.tls !== undefined },
+      {
+        port: server.port,
+        host: config.server.listen.host,
+        database: db.kind,
+        tls: config.server.tls !== undefined,
+        services: services.map((s) => s.typeName),
+      },
       "agentstore serving",
     );
 
@@ -119,14 +139,14 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       port: server.port,
       db,
       health,
-      runEvents,
+      hubs,
       close() {
         closing ??= (async () => {
           health.shutdown();
           shutdown.abort(
             new ConnectError("the server is shutting down; reconnect to resume", Code.Unavailable),
           );
-          await server.close(config.shutdownGraceMs);
+          await server.close(config.server.shutdownGraceMs);
           for (const step of cleanup) await step();
           logger.info("agentstore stopped");
         })();

@@ -1,7 +1,8 @@
-import { startApp } from "./app.ts";
-import { ConfigError, describeConfig, loadConfig, usage } from "./config.ts";
+import { allEntities, startApp } from "./app.ts";
+import { ConfigError, describeConfig, loadConfig, usage } from "./config/index.ts";
+import { StartupError } from "./core/errors.ts";
+import { createLogger } from "./core/logger.ts";
 import { migrate, openDatabase } from "./db/database.ts";
-import { createLogger } from "./logger.ts";
 
 let config: ReturnType<typeof loadConfig>;
 try {
@@ -16,25 +17,40 @@ if (config === "help") {
   process.exit(0);
 }
 
-const logger = createLogger(config.logLevel);
+const logger = createLogger(config.server.logLevel);
 logger.info({ config: describeConfig(config) }, "starting");
 
+/** An operator's problem (port in use, database unreachable) is one line; anything else a stack. */
+function fail(err: unknown): never {
+  if (err instanceof StartupError) {
+    logger.fatal({ reason: err.message }, "could not start");
+    process.stderr.write(`agentstore: ${err.message}\n`);
+  } else {
+    logger.fatal({ err }, "could not start");
+  }
+  process.exit(1);
+}
+
 if (config.command === "migrate") {
-  const db = await openDatabase(config.database);
   try {
-    const applied = await migrate(db);
-    logger.info(
-      { migrations: applied },
-      applied.length > 0 ? "applied migrations" : "database is up to date",
-    );
-  } finally {
-    await db.close();
+    const db = await openDatabase(config.database.target, {
+      entities: allEntities(),
+      createMissingDatabase: true,
+    });
+    try {
+      const applied = await migrate(db);
+      logger.info(
+        { migrations: applied },
+        applied.length > 0 ? "applied migrations" : "database is up to date",
+      );
+    } finally {
+      await db.close();
+    }
+  } catch (err) {
+    fail(err);
   }
 } else {
-  const app = await startApp(config, logger).catch((err: unknown) => {
-    logger.fatal({ err }, "could not start");
-    process.exit(1);
-  });
+  const app = await startApp(config, logger).catch(fail);
   let signals = 0;
   const stop = (signal: string) => {
     if (++signals > 1) {

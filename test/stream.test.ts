@@ -6,7 +6,13 @@ import { Code, type RunEvent, RunStatus } from "../src/client/index.ts";
 import { collect, eventually, range, rejectsWith } from "./helpers/assertions.ts";
 import { backends } from "./helpers/databases.ts";
 import { grpcRunService } from "./helpers/grpc-js.ts";
-import { useServer } from "./helpers/servers.ts";
+import { type ServerFixture, useServer } from "./helpers/servers.ts";
+
+const runEventHub = (fx: ServerFixture) => {
+  const hub = fx.server.app.hubs.get("run-events");
+  if (hub === undefined) throw new Error("the runs module mounts a run-events hub");
+  return hub;
+};
 
 const seqsOf = (events: RunEvent[]) => events.map((e) => Number(e.seq));
 
@@ -113,8 +119,8 @@ for (const backend of await backends()) {
     it("fans out to many followers with one database read per change, not one per follower", async () => {
       const runId = await newRun();
       const followers = range(1, 20).map(() => follow(runId));
-      await eventually(() => assert.equal(fx.server.app.runEvents.stats().followers >= 20, true));
-      const readsBefore = fx.server.app.runEvents.stats().databaseReads;
+      await eventually(() => assert.equal(runEventHub(fx).stats().followers >= 20, true));
+      const readsBefore = runEventHub(fx).stats().databaseReads;
       const appends = 10;
       for (let i = 0; i < appends; i++) {
         await append(runId, 1);
@@ -122,12 +128,12 @@ for (const backend of await backends()) {
           for (const f of followers) assert.equal(f.events.length, i + 1);
         });
       }
-      const reads = fx.server.app.runEvents.stats().databaseReads - readsBefore;
+      const reads = runEventHub(fx).stats().databaseReads - readsBefore;
       assert.ok(reads <= appends + 2, `expected about ${appends} reads for ${appends} changes, got ${reads}`);
       await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
       await Promise.all(followers.map((f) => f.done));
       for (const f of followers) assert.deepEqual(seqsOf(f.events), range(1, appends + 1));
-      await eventually(() => assert.equal(fx.server.app.runEvents.stats().topics, 0, "topics are released"));
+      await eventually(() => assert.equal(runEventHub(fx).stats().topics, 0, "topics are released"));
     });
 
     it("a follower that stops reading for a while still gets every event in order", async () => {
@@ -151,10 +157,7 @@ for (const backend of await backends()) {
         });
       }
       await eventually(() => assert.equal(live.events.length, 200));
-      assert.ok(
-        fx.server.app.runEvents.stats().bufferedEntries <= 8,
-        "the topic buffer stays within its bound",
-      );
+      assert.ok(runEventHub(fx).stats().bufferedEntries <= 8, "the topic buffer stays within its bound");
       await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
       await live.done;
       const slowSeqs: number[] = [];

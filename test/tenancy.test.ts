@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type AgentStoreClient, Code, createClient, RunStatus } from "../src/client/index.ts";
-import { collect, rejectsWith } from "./helpers/assertions.ts";
+import { collect, eventually, rejectsWith } from "./helpers/assertions.ts";
 import { backends, type TestDatabase } from "./helpers/databases.ts";
 import { errorReason, type GrpcError, grpcHealth, grpcRunService, unary } from "./helpers/grpc-js.ts";
 import { API_KEYS_ENV, KEYS, startServer, type TestServer } from "./helpers/servers.ts";
@@ -72,13 +72,42 @@ for (const backend of await backends()) {
       assert.equal((await alpha.runs.listRuns({})).runs.length, 2);
     });
 
+    it("WatchRuns streams only the caller's runs, and page tokens do not cross tenants", async () => {
+      const controller = new AbortController();
+      const seen: string[] = [];
+      const watching = (async () => {
+        for await (const { run } of beta.runs.watchRuns({}, { signal: controller.signal })) {
+          if (run !== undefined) seen.push(run.runId);
+        }
+      })().catch((err: unknown) => {
+        if (!controller.signal.aborted) throw err;
+      });
+      const marker = (await beta.runs.createRun({ run: {} })).run?.runId ?? "";
+      await alpha.runs.createRun({ run: {} });
+      await eventually(() => assert.ok(seen.includes(marker)));
+      const markerAgain = (await beta.runs.createRun({ run: {} })).run?.runId ?? "";
+      await eventually(() => assert.ok(seen.includes(markerAgain)));
+      controller.abort();
+      await watching;
+      const { runs: alphaRuns } = await alpha.runs.listRuns({});
+      for (const run of alphaRuns) assert.ok(!seen.includes(run.runId), "no run of alpha reaches beta");
+
+      const page = await alpha.runs.listRuns({ pageSize: 1 });
+      assert.notEqual(page.nextPageToken, "");
+      await rejectsWith(
+        beta.runs.listRuns({ pageSize: 1, pageToken: page.nextPageToken }),
+        Code.InvalidArgument,
+        "INVALID_PAGE_TOKEN",
+      );
+    });
+
     it("the same request_id and thread in another tenant are independent", async () => {
       const { run } = await beta.runs.createRun({
         run: { threadId, userId: "u" },
         requestId: "same-request",
       });
       assert.notEqual(run?.runId, runId);
-      assert.equal((await beta.runs.listRuns({})).runs.length, 1);
+      assert.equal((await beta.runs.listRuns({ userId: "u" })).runs.length, 1);
     });
 
     it("calls without a key or with a wrong key are UNAUTHENTICATED", async () => {

@@ -1,12 +1,19 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { type Config, ConfigError, describeConfig, loadConfig, settingsReference } from "../src/config.ts";
-import type { DomainError } from "../src/errors.ts";
-import { clampPageSize, decodePageToken, encodePageToken } from "../src/store/page-token.ts";
-import { createRedactor, REDACTED } from "../src/store/redact.ts";
+import {
+  type Config,
+  ConfigError,
+  describeConfig,
+  loadConfig,
+  settingsReference,
+} from "../src/config/index.ts";
+import type { DomainError } from "../src/core/errors.ts";
+import { clampPageSize, isStringTuple, Paging } from "../src/core/paging.ts";
+import { createRedactor, REDACTED } from "../src/core/redact.ts";
 import { ROOT } from "./helpers/servers.ts";
 
 const load = (env: Record<string, string>, argv: string[] = []) => loadConfig(argv, env) as Config;
@@ -15,10 +22,10 @@ describe("configuration", () => {
   it("defaults to the embedded database on loopback with migrations on", () => {
     const config = load({});
     assert.equal(config.command, "serve");
-    assert.deepEqual(config.listen, { host: "127.0.0.1", port: 50051 });
-    assert.deepEqual(config.database, { kind: "pglite", dataDir: "./data/agentstore" });
-    assert.equal(config.migrateAtStart, true);
-    assert.equal(config.apiKeys.size, 0);
+    assert.deepEqual(config.server.listen, { host: "127.0.0.1", port: 50051 });
+    assert.deepEqual(config.database.target, { kind: "pglite", dataDir: "./data/agentstore" });
+    assert.equal(config.database.migrateAtStart, true);
+    assert.equal(config.server.apiKeys.size, 0);
   });
 
   it("flags override environment variables", () => {
@@ -29,8 +36,8 @@ describe("configuration", () => {
       "false",
       "migrate",
     ]);
-    assert.equal(config.listen.port, 2);
-    assert.equal(config.migrateAtStart, false);
+    assert.equal(config.server.listen.port, 2);
+    assert.equal(config.database.migrateAtStart, false);
     assert.equal(config.command, "migrate");
   });
 
@@ -42,13 +49,27 @@ describe("configuration", () => {
       AGENTSTORE_API_KEYS: "alpha:alpha-key-0123456789abc",
       AGENTSTORE_API_KEYS_FILE: file,
     });
-    assert.deepEqual([...config.apiKeys.values()].sort(), ["alpha", "beta"]);
+    assert.deepEqual([...config.server.apiKeys.values()].sort(), ["alpha", "beta"]);
     assert.throws(() => load({ AGENTSTORE_API_KEYS: "alpha:short" }), /shorter than 16/);
     assert.throws(
       () => load({ AGENTSTORE_API_KEYS: "a:same-key-0123456789,b:same-key-0123456789" }),
       /already used by tenant a/,
     );
     assert.throws(() => load({ AGENTSTORE_API_KEYS: "no-colon-here-0123456789" }), /expected tenant:key/);
+  });
+
+  it("refuses keys with separators or whitespace instead of reading two pairs as one", () => {
+    assert.throws(
+      () => load({ AGENTSTORE_API_KEYS: "acme:0123456789abcdef;beta:0123456789abcdeg" }),
+      /the key of tenant acme contains a character/,
+    );
+    assert.throws(() => load({ AGENTSTORE_API_KEYS: "acme:0123456789 abcdef" }), /contains a character/);
+    const dir = mkdtempSync(join(tmpdir(), "agentstore-keys-"));
+    const file = join(dir, "keys");
+    writeFileSync(file, "acme:0123456789abcdef\tbeta:0123456789abcdeg\n");
+    assert.throws(() => load({ AGENTSTORE_API_KEYS_FILE: file }), /contains a character/);
+    const ok = load({ AGENTSTORE_API_KEYS: "acme:0123456789abcdef,beta:0123456789abcdeg" });
+    assert.deepEqual([...ok.server.apiKeys.values()], ["acme", "beta"]);
   });
 
   it("reports every bad value at once, naming the variable and flag, without echoing secrets", () => {
@@ -81,9 +102,9 @@ describe("configuration", () => {
   it("refuses a non-loopback address without API keys, and allows it with keys", () => {
     assert.throws(() => load({ AGENTSTORE_LISTEN: "0.0.0.0:50051" }), /refusing to listen on 0\.0\.0\.0/);
     assert.throws(() => load({ AGENTSTORE_LISTEN: "[::]:50051" }), /refusing/);
-    assert.equal(load({ AGENTSTORE_LISTEN: "[::1]:50051" }).listen.host, "::1");
+    assert.equal(load({ AGENTSTORE_LISTEN: "[::1]:50051" }).server.listen.host, "::1");
     const open = load({ AGENTSTORE_LISTEN: "0.0.0.0:50051", AGENTSTORE_API_KEYS: "t:key-0123456789abcdef" });
-    assert.equal(open.listen.host, "0.0.0.0");
+    assert.equal(open.server.listen.host, "0.0.0.0");
   });
 
   it("describes itself for the logs without keys or the database password", () => {
@@ -151,32 +172,71 @@ describe("redaction", () => {
 });
 
 describe("page tokens", () => {
-  it("round-trip, are bound to the filters and reject garbage", () => {
-    const token = encodePageToken("runs", { threadId: "t" }, ["2026-01-01T00:00:00.000Z", "id"]);
-    const isPos = (p: unknown): p is [string, string] => Array.isArray(p) && p.length === 2;
-    assert.deepEqual(decodePageToken("runs", { threadId: "t" }, token, isPos), [
-      "2026-01-01T00:00:00.000Z",
-      "id",
-    ]);
-    assert.equal(decodePageToken("runs", {}, "", isPos), undefined);
-    const reason = (fn: () => unknown) => {
-      try {
-        fn();
-      } catch (err) {
-        return (err as DomainError).reason;
-      }
-      return "none";
-    };
+  const paging = new Paging(randomBytes(32));
+  const list = { name: "runs", defaultSize: 50, maxSize: 500, isPosition: isStringTuple(2) };
+  const reason = (fn: () => unknown) => {
+    try {
+      fn();
+    } catch (err) {
+      return (err as DomainError).reason;
+    }
+    return "none";
+  };
+  const tokenOf = (tenant: string, filters: unknown) =>
+    paging
+      .start(list, tenant, filters, { pageSize: 1, pageToken: "" })
+      .finish([1, 2], (n) => ["2026-01-01T00:00:00.000Z", String(n)]).nextPageToken;
+
+  it("round-trip, and are bound to the list, the filters and the tenant", () => {
+    const token = tokenOf("t1", { threadId: "t" });
+    assert.notEqual(token, "");
+    const page = paging.start(list, "t1", { threadId: "t" }, { pageSize: 1, pageToken: token });
+    assert.deepEqual(page.after, ["2026-01-01T00:00:00.000Z", "1"]);
     assert.equal(
-      reason(() => decodePageToken("runs", { threadId: "u" }, token, isPos)),
+      reason(() => paging.start(list, "t1", { threadId: "u" }, { pageSize: 1, pageToken: token })),
       "PAGE_TOKEN_MISMATCH",
     );
     assert.equal(
-      reason(() => decodePageToken("inflight", { threadId: "t" }, token, isPos)),
+      reason(() =>
+        paging.start(
+          { ...list, name: "inflight" },
+          "t1",
+          { threadId: "t" },
+          { pageSize: 1, pageToken: token },
+        ),
+      ),
       "INVALID_PAGE_TOKEN",
     );
     assert.equal(
-      reason(() => decodePageToken("runs", {}, "%%%", isPos)),
+      reason(() => paging.start(list, "t2", { threadId: "t" }, { pageSize: 1, pageToken: token })),
+      "INVALID_PAGE_TOKEN",
+      "another tenant's token is not one issued to this tenant",
+    );
+  });
+
+  it("refuse anything the server did not sign, however well-formed", () => {
+    const token = tokenOf("t1", {});
+    const [body = "", mac = ""] = token.split(".");
+    const decoded = JSON.parse(Buffer.from(body, "base64url").toString("utf8"));
+    const forged = Buffer.from(JSON.stringify({ ...decoded, p: ["garbage", "zz"] })).toString("base64url");
+    for (const bad of [
+      `${forged}.${mac}`,
+      forged,
+      "%%%",
+      "a.b.c",
+      `${body}.`,
+      `.${mac}`,
+      `${body}.${mac}x`,
+    ]) {
+      assert.equal(
+        reason(() => paging.start(list, "t1", {}, { pageSize: 1, pageToken: bad })),
+        "INVALID_PAGE_TOKEN",
+        bad,
+      );
+    }
+    const otherServer = new Paging(randomBytes(32));
+    assert.equal(
+      reason(() => otherServer.start(list, "t1", {}, { pageSize: 1, pageToken: token })),
       "INVALID_PAGE_TOKEN",
     );
   });

@@ -1,22 +1,24 @@
-import { mkdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
+import type { EntitySchema } from "@mikro-orm/core";
 import { Migrator } from "@mikro-orm/migrations";
 import { defineConfig, MikroORM, type Options } from "@mikro-orm/postgresql";
 import pg from "pg";
-import { entities } from "./entities.ts";
+import { redactUrl } from "../config/database.ts";
+import type { DatabaseTarget } from "../config/index.ts";
+import { StartupError } from "../core/errors.ts";
+import { lockDataDir } from "./data-dir-lock.ts";
 import { SavepointPGliteDialect } from "./pglite-dialect.ts";
+import { type QueryExecutor, SqlRunner } from "./sql.ts";
 
 export const migrationsPath = fileURLToPath(new URL("./migrations", import.meta.url));
 
-export type DatabaseTarget =
-  | { kind: "postgres"; url: string; poolMax: number }
-  | { kind: "pglite"; dataDir: string | undefined };
-
-/** An open database: the ORM plus what the feed and health need to know about it. */
+/** An open database: the ORM, a statement runner on its pool, and what the feed and health need. */
 export interface Database {
   readonly kind: DatabaseTarget["kind"];
   readonly orm: MikroORM;
+  /** Runs named statements outside any transaction (each is its own). */
+  readonly sql: SqlRunner;
   /** The embedded engine, when kind is "pglite" (its LISTEN lives here, not on a pool). */
   readonly pglite: PGlite | undefined;
   /** The PostgreSQL URL, when kind is "postgres". */
@@ -24,9 +26,15 @@ export interface Database {
   close(): Promise<void>;
 }
 
-function baseOptions(): Options {
+export interface OpenOptions {
+  entities: readonly EntitySchema[];
+  /** Create a missing PostgreSQL database (only when the server also manages the schema). */
+  createMissingDatabase?: boolean;
+}
+
+function baseOptions(entities: readonly EntitySchema[]): Options {
   return {
-    entities,
+    entities: [...entities],
     extensions: [Migrator],
     // Schema changes come from committed migrations only, never from entity discovery at run time.
     discovery: { warnWhenNoEntities: true },
@@ -45,39 +53,119 @@ function baseOptions(): Options {
   };
 }
 
-export async function openDatabase(target: DatabaseTarget): Promise<Database> {
+export async function openDatabase(target: DatabaseTarget, options: OpenOptions): Promise<Database> {
   if (target.kind === "postgres") {
+    await ensureReachable(target.url, options.createMissingDatabase ?? false);
     const orm = await MikroORM.init(
       defineConfig({
-        ...baseOptions(),
+        ...baseOptions(options.entities),
         clientUrl: target.url,
         pool: { min: 0, max: target.poolMax },
         // A dead server must fail a query quickly instead of queueing it forever.
         driverOptions: { connectionTimeoutMillis: 5_000, keepAlive: true },
       }),
     );
-    return { kind: "postgres", orm, pglite: undefined, url: target.url, close: () => orm.close(true) };
+    return {
+      kind: "postgres",
+      orm,
+      sql: runnerOf(orm),
+      pglite: undefined,
+      url: target.url,
+      close: () => orm.close(true),
+    };
   }
-  if (target.dataDir) mkdirSync(target.dataDir, { recursive: true });
-  const pglite = await PGlite.create(target.dataDir ? { dataDir: target.dataDir } : {});
-  const orm = await MikroORM.init(
-    defineConfig({
-      ...baseOptions(),
-      dbName: "postgres",
-      driverOptions: new SavepointPGliteDialect(pglite),
-    }),
+  const unlock = target.dataDir === undefined ? () => {} : lockDataDir(target.dataDir);
+  try {
+    const pglite = await PGlite.create(target.dataDir ? { dataDir: target.dataDir } : {});
+    const orm = await MikroORM.init(
+      defineConfig({
+        ...baseOptions(options.entities),
+        dbName: "postgres",
+        driverOptions: new SavepointPGliteDialect(pglite),
+      }),
+    );
+    return {
+      kind: "pglite",
+      orm,
+      sql: runnerOf(orm),
+      pglite,
+      url: undefined,
+      close: async () => {
+        try {
+          // Closing the ORM destroys the Kysely driver, which closes PGlite (and flushes its files).
+          await orm.close(true);
+          if (!pglite.closed) await pglite.close();
+        } finally {
+          unlock();
+        }
+      },
+    };
+  } catch (err) {
+    unlock();
+    throw err;
+  }
+}
+
+function runnerOf(orm: MikroORM): SqlRunner {
+  const client = orm.em.getConnection().getClient() as unknown as QueryExecutor;
+  const mapper = orm.em.fork();
+  return new SqlRunner(
+    () => client,
+    (entity, raw) => mapper.map(entity, raw as never, { disableIdentityMap: true }),
   );
-  return {
-    kind: "pglite",
-    orm,
-    pglite,
-    url: undefined,
-    close: async () => {
-      // Closing the ORM destroys the Kysely driver, which closes PGlite (and flushes its files).
-      await orm.close(true);
-      if (!pglite.closed) await pglite.close();
-    },
-  };
+}
+
+/**
+ * Connects once before the ORM does, so that an operator gets one line saying what is wrong
+ * (unreachable, login refused, no such database) instead of a stack trace or, later, a
+ * misleading "schema is behind". A missing database is created when the server manages the
+ * schema, so that `DATABASE_URL=... make run` works on a fresh PostgreSQL.
+ */
+async function ensureReachable(url: string, createMissing: boolean): Promise<void> {
+  const shown = redactUrl(url);
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 });
+  try {
+    await client.connect();
+    return;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    const reason = (err as Error).message;
+    if (code === "3D000") {
+      if (createMissing) return await createDatabase(url);
+      const name = new URL(url).pathname.slice(1);
+      throw new StartupError(
+        `the database "${name}" does not exist on ${shown} (DATABASE_URL); create it ` +
+          `(createdb "${name}", or psql -c 'create database "${name}"') or start with AGENTSTORE_MIGRATE=true`,
+      );
+    }
+    if (code === "28P01" || code === "28000") {
+      throw new StartupError(`PostgreSQL at ${shown} (DATABASE_URL) refused the login: ${reason}`);
+    }
+    throw new StartupError(`cannot reach the database at ${shown} (DATABASE_URL): ${reason}`);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function createDatabase(url: string): Promise<void> {
+  const target = new URL(url);
+  const name = decodeURIComponent(target.pathname.slice(1));
+  const maintenance = new URL(url);
+  maintenance.pathname = "/postgres";
+  const client = new pg.Client({ connectionString: maintenance.toString(), connectionTimeoutMillis: 5_000 });
+  try {
+    await client.connect();
+    await client.query(`create database ${pg.escapeIdentifier(name)}`);
+  } catch (err) {
+    // Another replica may have created it in the meantime.
+    if ((err as { code?: string }).code === "42P04") return;
+    throw new StartupError(
+      `the database "${name}" does not exist on ${redactUrl(url)} (DATABASE_URL) and could not be created: ` +
+        `${(err as Error).message}; create it yourself (createdb "${name}")`,
+    );
+  } finally {
+    await client.end().catch(() => {});
+  }
 }
 
 /** Any constant works; it only has to be the same for every agentstore process. */

@@ -1,6 +1,10 @@
-import type { EntityManager } from "@mikro-orm/postgresql";
+import type { SqlRunner } from "../db/sql.ts";
 
-/** "The log `key` of `tenant` on `channel` now has entries up to `seq`." */
+/**
+ * "The stream `key` of `tenant` on `channel` now has entries up to `seq`." For a run's event log
+ * the key is the run id and seq its last seq; for a version-ordered stream the key is the stream
+ * name and seq the newest version.
+ */
 export interface Change {
   channel: string;
   tenant: string;
@@ -9,13 +13,14 @@ export interface Change {
 }
 
 /**
- * Change notification, one subscription per process. Stores hand their changes to the feed twice:
- * `stage` inside the transaction (a cross-replica feed writes its NOTIFY there, so the notification
- * commits atomically with the data) and `committed` after the commit (an in-process feed emits then,
- * never before the data is visible).
+ * Change notification, one subscription per process. The unit of work (db/unit-of-work.ts) hands
+ * a transaction's changes to the feed twice: `stage` inside the transaction (a cross-replica feed
+ * writes its NOTIFY there, so the notification commits atomically with the data) and `committed`
+ * after the commit (an in-process feed emits then, never before the data is visible). Stores never
+ * call the feed themselves.
  */
 export interface ChangeFeed {
-  stage(tx: EntityManager, changes: readonly Change[]): Promise<void>;
+  stage(sql: SqlRunner, changes: readonly Change[]): Promise<void>;
   committed(changes: readonly Change[]): void;
   /** Every change, from this process or (for a shared database) any replica. */
   subscribe(listener: (change: Change) => void): () => void;

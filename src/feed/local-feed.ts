@@ -1,4 +1,4 @@
-import type { Logger } from "../logger.ts";
+import type { Logger } from "../core/logger.ts";
 import { type Change, type ChangeFeed, Listeners } from "./feed.ts";
 
 /** In-process feed for the embedded database: one process owns it, so an event emitter suffices. */

@@ -1,9 +1,19 @@
-import type { EntityManager } from "@mikro-orm/postgresql";
 import pg from "pg";
-import type { Logger } from "../logger.ts";
+import type { Logger } from "../core/logger.ts";
+import { type SqlRunner, statement } from "../db/sql.ts";
 import { type Change, type ChangeFeed, Listeners } from "./feed.ts";
 
 const CHANNEL = "agentstore_changes";
+/** NOTIFY payloads must stay under 8000 bytes; changes beyond that go in further notifications. */
+const PAYLOAD_LIMIT = 7_000;
+
+const notify = statement<[channel: string, payload: string]>()({
+  name: "feed.notify",
+  text: "select pg_notify($1, $2)",
+  row: {},
+});
+
+type WireChange = [channel: string, tenant: string, key: string, seq: number];
 const HEARTBEAT_INTERVAL_MS = 5_000;
 const HEARTBEAT_TIMEOUT_MS = 5_000;
 
@@ -32,13 +42,24 @@ export class PgFeed implements ChangeFeed {
     this.#resyncs = new Listeners(onError);
   }
 
-  async stage(tx: EntityManager, changes: readonly Change[]): Promise<void> {
+  /**
+   * One NOTIFY per transaction carrying all its changes (a JSON array), not one per change: a
+   * notifying transaction takes PostgreSQL's notify lock through its commit, so fewer is better.
+   */
+  async stage(sql: SqlRunner, changes: readonly Change[]): Promise<void> {
+    let batch: string[] = [];
+    let bytes = 2;
     for (const c of changes) {
-      await tx.execute("select pg_notify(?, ?)", [
-        CHANNEL,
-        JSON.stringify([c.channel, c.tenant, c.key, c.seq]),
-      ]);
+      const encoded = JSON.stringify([c.channel, c.tenant, c.key, c.seq] satisfies WireChange);
+      if (batch.length > 0 && bytes + encoded.length + 1 > PAYLOAD_LIMIT) {
+        await sql.all(notify, CHANNEL, `[${batch.join(",")}]`);
+        batch = [];
+        bytes = 2;
+      }
+      batch.push(encoded);
+      bytes += Buffer.byteLength(encoded) + 1;
     }
+    if (batch.length > 0) await sql.all(notify, CHANNEL, `[${batch.join(",")}]`);
   }
 
   committed(): void {}
@@ -147,11 +168,14 @@ export class PgFeed implements ChangeFeed {
   }
 
   #onNotification(payload: string | undefined): void {
+    let changes: WireChange[];
     try {
-      const [channel, tenant, key, seq] = JSON.parse(payload ?? "") as [string, string, string, number];
-      this.#changes.emit({ channel, tenant, key, seq });
+      changes = JSON.parse(payload ?? "") as WireChange[];
+      if (!Array.isArray(changes)) throw new Error("not an array");
     } catch (err) {
       this.#logger.warn({ err }, "ignored a malformed change notification");
+      return;
     }
+    for (const [channel, tenant, key, seq] of changes) this.#changes.emit({ channel, tenant, key, seq });
   }
 }

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { Code, createContextKey, type HandlerContext } from "@connectrpc/connect";
-import { DEFAULT_TENANT } from "../config.ts";
+import { DEFAULT_TENANT } from "../config/index.ts";
 import { connectError } from "./errors.ts";
 
 /** The caller's tenant, set by the auth gate for every call to an agentstore service. */

@@ -2,8 +2,8 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ConnectionException, DeadlockException, LockWaitTimeoutException } from "@mikro-orm/core";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
-import { DomainError, type ErrorCode } from "../errors.ts";
-import type { Logger } from "../logger.ts";
+import { DomainError, type ErrorCode } from "../core/errors.ts";
+import type { Logger } from "../core/logger.ts";
 
 export const ERROR_DOMAIN = "agentstore.dev";
 

@@ -6,8 +6,8 @@ import {
   HealthListResponseSchema,
   HealthCheckResponse_ServingStatus as ServingStatus,
 } from "../../gen/grpc/health/v1/health_pb.ts";
+import type { Logger } from "../core/logger.ts";
 import type { Database } from "../db/database.ts";
-import type { Logger } from "../logger.ts";
 import { connectError } from "./errors.ts";
 
 /**

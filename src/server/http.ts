@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
-import type { Logger } from "../logger.ts";
+import type { Logger } from "../core/logger.ts";
 
 type Handler = (
   req: http.IncomingMessage | http2.Http2ServerRequest,

@@ -1,7 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
+import type { Run as RunProto } from "../../gen/agentstore/v1/run_pb.ts";
 import {
   AppendRunEventsResponseSchema,
   CancelRunResponseSchema,
@@ -17,24 +18,38 @@ import {
   type RunService,
   StreamRunEventsResponseSchema,
   UpdateRunProgressResponseSchema,
+  WatchRunsResponseSchema,
 } from "../../gen/agentstore/v1/run_service_pb.ts";
-import { DomainError, invalidArgument } from "../errors.ts";
-import type { LogHub } from "../feed/hub.ts";
+import { DomainError, invalidArgument } from "../core/errors.ts";
+import type { LogHub, VersionHub } from "../feed/stream-hub.ts";
 import { tenantOf } from "../server/auth.ts";
-import { clampPageSize, decodePageToken, encodePageToken } from "../store/page-token.ts";
-import { isTerminal, type RunStore, type TerminalStatus } from "../store/runs.ts";
+import type { EventStore } from "../store/events/events.ts";
+import { isTerminal, RUNS_STREAM } from "../store/runs/model.ts";
+import type { RunStore } from "../store/runs/runs.ts";
+import type { UsageStore } from "../store/runs/usage.ts";
 import {
   dateFromProto,
   emptyToNull,
+  emptyToUndefined,
   eventToProto,
+  positionFromProto,
   runToProto,
   statusFromProto,
   strategyFromProto,
+  terminalStatusFromProto,
   usageFromProto,
   usageToProto,
-} from "./convert.ts";
+} from "./run-convert.ts";
 
-const isSeq = (p: unknown): p is number => typeof p === "number" && Number.isSafeInteger(p) && p >= 0;
+export interface RunServiceDeps {
+  runs: RunStore;
+  events: EventStore;
+  usage: UsageStore;
+  /** Live run event logs (StreamRunEvents). */
+  eventHub: LogHub<RunEvent>;
+  /** Live run changes in version order (WatchRuns). */
+  runHub: VersionHub<RunProto>;
+}
 
 /**
  * Run ids are UUIDs, which protovalidate accepts in either case. The store and the change feed key
@@ -42,19 +57,17 @@ const isSeq = (p: unknown): p is number => typeof p === "number" && Number.isSaf
  */
 const runIdOf = (req: { runId: string }) => req.runId.toLowerCase();
 
-/** One ListRunEvents page carries about this much payload, below gRPC's common 4 MiB limit. */
-const EVENT_PAGE_BYTES = 3 * 1024 * 1024;
-
 /**
- * RunService: validate (protovalidate already ran in the interceptor) -> map -> store -> map.
- * The tenant always comes from the caller's credentials (tenantOf), never from the request.
+ * RunService: (protovalidate and the request guards already ran in the interceptors) map -> store
+ * -> map. The tenant always comes from the caller's credentials (tenantOf), never from the request.
  */
-export function createRunService(store: RunStore, events: LogHub<RunEvent>): ServiceImpl<typeof RunService> {
+export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunService> {
+  const { runs, events, usage, eventHub, runHub } = deps;
   return {
     async createRun(req, ctx) {
       const run = req.run;
       if (run === undefined) throw invalidArgument("INVALID_ARGUMENT", "run is required");
-      const created = await store.createRun(
+      const created = await runs.createRun(
         tenantOf(ctx),
         {
           threadId: emptyToNull(run.threadId),
@@ -75,21 +88,20 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
 
     async getRun(req, ctx) {
       return create(GetRunResponseSchema, {
-        run: runToProto(await store.getRun(tenantOf(ctx), runIdOf(req))),
+        run: runToProto(await runs.getRun(tenantOf(ctx), runIdOf(req))),
       });
     },
 
     async listRuns(req, ctx) {
-      const page = await store.listRuns(
+      const page = await runs.listRuns(
         tenantOf(ctx),
         {
-          threadId: req.threadId || undefined,
-          sessionId: req.sessionId || undefined,
-          userId: req.userId || undefined,
+          threadId: emptyToUndefined(req.threadId),
+          sessionId: emptyToUndefined(req.sessionId),
+          userId: emptyToUndefined(req.userId),
           status: statusFromProto(req.status),
         },
-        req.pageSize,
-        req.pageToken,
+        req,
       );
       return create(ListRunsResponseSchema, {
         runs: page.items.map(runToProto),
@@ -98,22 +110,22 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     },
 
     async cancelRun(req, ctx) {
-      const { run, changed } = await store.cancelRun(tenantOf(ctx), runIdOf(req), req.reason);
+      const { run, changed } = await runs.cancelRun(tenantOf(ctx), runIdOf(req), req.reason);
       return create(CancelRunResponseSchema, { run: runToProto(run), changed });
     },
 
     async deleteRun(req, ctx) {
-      await store.deleteRun(tenantOf(ctx), runIdOf(req), req.allowMissing);
+      await runs.deleteRun(tenantOf(ctx), runIdOf(req), req.allowMissing);
       return create(DeleteRunResponseSchema, {});
     },
 
     async finishRun(req, ctx) {
-      const { run, changed } = await store.finishRun(tenantOf(ctx), runIdOf(req), {
-        status: statusFromProto(req.status) as TerminalStatus,
+      const { run, changed } = await runs.finishRun(tenantOf(ctx), runIdOf(req), {
+        status: terminalStatusFromProto(req.status),
         failureKind: emptyToNull(req.failureKind),
         failureMessage: emptyToNull(req.failureMessage),
         usage: usageFromProto(req.usage),
-        messageCount: req.messageCount === undefined ? undefined : Number(req.messageCount),
+        messageCount: req.messageCount,
         firstHumanMessage: req.firstHumanMessage,
         lastAiMessage: req.lastAiMessage,
       });
@@ -121,9 +133,9 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     },
 
     async updateRunProgress(req, ctx) {
-      const run = await store.updateRunProgress(tenantOf(ctx), runIdOf(req), {
+      const run = await runs.updateRunProgress(tenantOf(ctx), runIdOf(req), {
         usage: usageFromProto(req.usage),
-        messageCount: req.messageCount === undefined ? undefined : Number(req.messageCount),
+        messageCount: req.messageCount,
         firstHumanMessage: req.firstHumanMessage,
         lastAiMessage: req.lastAiMessage,
         modelName: req.modelName,
@@ -132,32 +144,19 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     },
 
     async getThreadUsage(req, ctx) {
-      const usage = await store.getThreadUsage(tenantOf(ctx), req.threadId, req.includeActive);
+      const totals = await usage.threadUsage(tenantOf(ctx), req.threadId, req.includeActive);
       return create(GetThreadUsageResponseSchema, {
         threadId: req.threadId,
-        totalRuns: BigInt(usage.totalRuns),
-        usage: usageToProto(usage.usage),
+        totalRuns: totals.totalRuns,
+        usage: usageToProto(totals.usage),
         byModel: Object.fromEntries(
-          [...usage.byModel].map(([model, u]) => [
-            model,
-            create(ModelUsageSchema, {
-              runs: BigInt(u.runs),
-              inputTokens: BigInt(u.inputTokens),
-              outputTokens: BigInt(u.outputTokens),
-              totalTokens: BigInt(u.totalTokens),
-            }),
-          ]),
+          [...totals.byModel].map(([model, u]) => [model, create(ModelUsageSchema, u)]),
         ),
       });
     },
 
     async listInflightRuns(req, ctx) {
-      const page = await store.listInflightRuns(
-        tenantOf(ctx),
-        dateFromProto(req.createdBefore),
-        req.pageSize,
-        req.pageToken,
-      );
+      const page = await runs.listInflightRuns(tenantOf(ctx), dateFromProto(req.createdBefore), req);
       return create(ListInflightRunsResponseSchema, {
         runs: page.items.map(runToProto),
         nextPageToken: page.nextPageToken,
@@ -165,7 +164,7 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     },
 
     async appendRunEvents(req, ctx) {
-      const result = await store.appendEvents(
+      const result = await events.append(
         tenantOf(ctx),
         runIdOf(req),
         req.events.map((e) => ({ type: e.type, payload: e.payload ?? {} })),
@@ -179,40 +178,64 @@ export function createRunService(store: RunStore, events: LogHub<RunEvent>): Ser
     },
 
     async listRunEvents(req, ctx) {
-      const runId = runIdOf(req);
-      const filters = { runId, afterSeq: String(req.afterSeq), types: [...req.types].sort() };
-      const after = decodePageToken("run_events", filters, req.pageToken, isSeq) ?? Number(req.afterSeq);
-      const { events, more } = await store.listEvents(
+      const page = await events.list(
         tenantOf(ctx),
-        runId,
-        after,
-        { limit: clampPageSize(req.pageSize, 100, 1000), maxBytes: EVENT_PAGE_BYTES },
-        req.types,
+        runIdOf(req),
+        { afterSeq: positionFromProto(req.afterSeq), types: req.types },
+        req,
       );
-      const last = events.at(-1);
       return create(ListRunEventsResponseSchema, {
-        events: events.map(eventToProto),
-        nextPageToken: more && last !== undefined ? encodePageToken("run_events", filters, last.seq) : "",
+        events: page.items.map(eventToProto),
+        nextPageToken: page.nextPageToken,
       });
     },
 
-    async *streamRunEvents(req, ctx: HandlerContext) {
+    async *streamRunEvents(req, ctx) {
       const tenant = tenantOf(ctx);
-      const run = await store.getRun(tenant, runIdOf(req));
-      const afterSeq = Number(req.afterSeq);
-      if (afterSeq > run.lastSeq) {
+      const run = await runs.getRun(tenant, runIdOf(req));
+      if (req.afterSeq > BigInt(run.lastSeq)) {
         throw new DomainError(
           "OUT_OF_RANGE",
           "SEQ_OUT_OF_RANGE",
-          `after_seq ${afterSeq} is beyond the run's last seq ${run.lastSeq}`,
+          `after_seq ${req.afterSeq} is beyond the run's last seq ${run.lastSeq}`,
           { run_id: run.id, last_seq: String(run.lastSeq) },
         );
       }
+      const afterSeq = Number(req.afterSeq);
       if (isTerminal(run.status) && afterSeq >= run.lastSeq) return;
       const types = req.types.length > 0 ? new Set(req.types) : undefined;
-      for await (const entry of events.follow(tenant, run.id, afterSeq, ctx.signal)) {
+      for await (const entry of eventHub.follow(tenant, run.id, afterSeq, ctx.signal)) {
         if (types === undefined || entry.terminal || types.has(entry.value.type)) {
           yield create(StreamRunEventsResponseSchema, { event: entry.value });
+        }
+      }
+    },
+
+    async *watchRuns(req, ctx) {
+      const tenant = tenantOf(ctx);
+      if (req.fromNow && req.afterVersion !== 0n) {
+        throw invalidArgument("INVALID_ARGUMENT", "after_version must be 0 when from_now is set", {
+          field: "after_version",
+        });
+      }
+      const filter = {
+        threadId: emptyToUndefined(req.threadId),
+        sessionId: emptyToUndefined(req.sessionId),
+        userId: emptyToUndefined(req.userId),
+        assistantId: emptyToUndefined(req.assistantId),
+        project: emptyToUndefined(req.project),
+      };
+      const start = req.fromNow ? "now" : positionFromProto(req.afterVersion);
+      for await (const entry of runHub.follow(tenant, RUNS_STREAM, start, ctx.signal)) {
+        const run = entry.value;
+        if (
+          (filter.threadId === undefined || run.threadId === filter.threadId) &&
+          (filter.sessionId === undefined || run.sessionId === filter.sessionId) &&
+          (filter.userId === undefined || run.userId === filter.userId) &&
+          (filter.assistantId === undefined || run.assistantId === filter.assistantId) &&
+          (filter.project === undefined || run.project === filter.project)
+        ) {
+          yield create(WatchRunsResponseSchema, { run, version: BigInt(entry.seq) });
         }
       }
     },

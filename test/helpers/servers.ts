@@ -4,8 +4,8 @@ import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type App, startApp } from "../../src/app.ts";
 import { type AgentStoreClient, createClient } from "../../src/client/index.ts";
-import { loadConfig } from "../../src/config.ts";
-import { createLogger } from "../../src/logger.ts";
+import { loadConfig } from "../../src/config/index.ts";
+import { createLogger } from "../../src/core/logger.ts";
 import type { Backend, TestDatabase } from "./databases.ts";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));

@@ -31,8 +31,13 @@ export class DomainError extends Error {
   }
 }
 
-export const runNotFound = (runId: string) =>
-  new DomainError("NOT_FOUND", "RUN_NOT_FOUND", `run ${runId} was not found`, { run_id: runId });
-
 export const invalidArgument = (reason: string, message: string, metadata: Record<string, string> = {}) =>
   new DomainError("INVALID_ARGUMENT", reason, message, metadata);
+
+/**
+ * A reason the server cannot start that the operator can fix (a port in use, an unreachable or
+ * missing database, a locked data directory). main.ts prints its message as one line, no stack.
+ */
+export class StartupError extends Error {
+  override name = "StartupError";
+}

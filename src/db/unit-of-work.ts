@@ -1,0 +1,92 @@
+import type { EntityManager } from "@mikro-orm/postgresql";
+import type { Change, ChangeFeed } from "../feed/feed.ts";
+import type { Database } from "./database.ts";
+import { col } from "./rows.ts";
+import { type QueryExecutor, SqlRunner, statement } from "./sql.ts";
+
+/** What a store's work sees inside one transaction. */
+export interface Tx {
+  /** The ORM, bound to this transaction (entities, query builder). */
+  readonly em: EntityManager;
+  /** Named statements, in this transaction. */
+  readonly sql: SqlRunner;
+  /** Stages a change for the feed: sent only if and after the transaction commits. */
+  publish(change: Change): void;
+  /**
+   * The next version of a tenant's watched stream ("runs", ...), and a staged change for its
+   * watchers. See `nextVersion` below for why versions never commit out of order.
+   */
+  nextVersion(tenant: string, stream: string): Promise<number>;
+}
+
+/** The feed channel of a version-ordered stream. */
+export const versionChannel = (stream: string) => `versions:${stream}`;
+
+/**
+ * Versions come from one counter row per tenant and stream, bumped by an upsert. The upsert holds
+ * the row's lock until the transaction ends, so a second writer of the same tenant and stream
+ * waits for the first to commit (or roll back) before it gets its number: versions become visible
+ * in the order they were handed out. A reader that has seen version V has therefore seen every
+ * version below V, and resuming `after_version = V` can never skip a change that committed late,
+ * which a global sequence (nextval is handed out at call time, commits in any order) would allow.
+ * The price is that watched writes of one tenant serialize on that row for the rest of their
+ * transaction; keep such transactions short.
+ */
+const bumpVersion = statement<[tenant: string, stream: string]>()({
+  name: "watch_versions.bump",
+  text: `insert into watch_versions (tenant_id, stream, version) values ($1, $2, 1)
+         on conflict (tenant_id, stream) do update set version = watch_versions.version + 1
+         returning version`,
+  row: { version: col.safeInt("version") },
+});
+
+/**
+ * The one write path. Every store operation that writes runs inside `run`: one transaction, whose
+ * feed changes are collected while it runs, handed to the feed inside the transaction (so a NOTIFY
+ * commits with the data) and published after the commit; a transaction that rolls back publishes
+ * nothing. Changes are coalesced per stream (the highest seq wins), so a transaction that appends
+ * many events to a run notifies once.
+ */
+export class UnitOfWork {
+  readonly #db: Database;
+  readonly #feed: ChangeFeed;
+
+  constructor(db: Database, feed: ChangeFeed) {
+    this.#db = db;
+    this.#feed = feed;
+  }
+
+  async run<R>(work: (tx: Tx) => Promise<R>): Promise<R> {
+    let staged = new Map<string, Change>();
+    const result = await this.#db.orm.em.fork().transactional(async (em) => {
+      staged = new Map();
+      const context = em.getTransactionContext<QueryExecutor>();
+      if (context === undefined) throw new Error("transactional() gave no transaction context");
+      const sql = new SqlRunner(
+        () => context,
+        (entity, raw) => em.map(entity, raw as never, { disableIdentityMap: true }),
+      );
+      const publish = (change: Change) => {
+        const id = `${change.channel}\u0000${change.tenant}\u0000${change.key}`;
+        const previous = staged.get(id);
+        if (previous === undefined || previous.seq < change.seq) staged.set(id, change);
+      };
+      const tx: Tx = {
+        em,
+        sql,
+        publish,
+        async nextVersion(tenant, stream) {
+          const row = await sql.first(bumpVersion, tenant, stream);
+          if (row === undefined) throw new Error("the version upsert returned no row");
+          publish({ channel: versionChannel(stream), tenant, key: stream, seq: row.version });
+          return row.version;
+        },
+      };
+      const value = await work(tx);
+      if (staged.size > 0) await this.#feed.stage(sql, [...staged.values()]);
+      return value;
+    });
+    if (staged.size > 0) this.#feed.committed([...staged.values()]);
+    return result;
+  }
+}

@@ -1,0 +1,66 @@
+import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
+import type { Run as RunProto } from "../../gen/agentstore/v1/run_pb.ts";
+import { RunService } from "../../gen/agentstore/v1/run_service_pb.ts";
+import { createRedactor } from "../core/redact.ts";
+import { LogHub, VersionHub } from "../feed/stream-hub.ts";
+import { eventToProto, runToProto } from "../services/run-convert.ts";
+import { createRunService } from "../services/run-service.ts";
+import { eventEntities } from "../store/events/entities.ts";
+import { EventStore } from "../store/events/events.ts";
+import { runEventSource } from "../store/events/stream.ts";
+import { runEntities } from "../store/runs/entities.ts";
+import { RunStore } from "../store/runs/runs.ts";
+import { UsageStore } from "../store/runs/usage.ts";
+import { runVersionSource } from "../store/runs/watch.ts";
+import type { Module } from "./module.ts";
+
+/** Most bytes a run-event topic buffers, whatever AGENTSTORE_STREAM_BUFFER_EVENTS says. */
+const EVENT_BUFFER_BYTES = 8 * 1024 * 1024;
+/** Run changes a WatchRuns topic buffers per tenant. */
+const RUN_CHANGE_BUFFER = 256;
+
+/** RunService: runs, their event logs and token usage; StreamRunEvents and WatchRuns. */
+export const runsModule: Module = {
+  name: "runs",
+  entities: [...runEntities, ...eventEntities],
+  mount({ config, db, uow, feed, paging, logger }) {
+    const settings = config.runs;
+    const events = new EventStore(db, uow, paging, {
+      limits: settings.limits,
+      redact: createRedactor(settings.extraRedactKeys),
+    });
+    const runs = new RunStore(db, uow, paging, settings.limits);
+    const usage = new UsageStore(db);
+    const eventHub = new LogHub<RunEvent>(
+      runEventSource(events, eventToProto),
+      feed,
+      {
+        bufferEntries: settings.stream.bufferEvents,
+        bufferBytes: EVENT_BUFFER_BYTES,
+        pageSize: 500,
+        pollIntervalMs: settings.stream.pollIntervalMs,
+      },
+      logger,
+    );
+    const runHub = new VersionHub<RunProto>(
+      runVersionSource(db, runToProto),
+      feed,
+      {
+        bufferEntries: RUN_CHANGE_BUFFER,
+        bufferBytes: EVENT_BUFFER_BYTES,
+        pageSize: 500,
+        pollIntervalMs: settings.stream.pollIntervalMs,
+      },
+      logger,
+    );
+    return {
+      services: [RunService],
+      routes: (router) =>
+        router.service(RunService, createRunService({ runs, events, usage, eventHub, runHub })),
+      hubs: new Map<string, LogHub<unknown> | VersionHub<unknown>>([
+        ["run-events", eventHub as LogHub<unknown>],
+        ["runs", runHub as VersionHub<unknown>],
+      ]),
+    };
+  },
+};

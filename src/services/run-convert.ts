@@ -1,0 +1,132 @@
+import { create } from "@bufbuild/protobuf";
+import { type Timestamp, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type RunEvent, RunEventSchema } from "../../gen/agentstore/v1/run_event_pb.ts";
+import {
+  MultitaskStrategy,
+  type Run,
+  RunSchema,
+  RunStatus,
+  type TokenUsage,
+  TokenUsageSchema,
+} from "../../gen/agentstore/v1/run_pb.ts";
+import type { StoredEvent } from "../store/events/events.ts";
+import type * as runs from "../store/runs/model.ts";
+
+/** Proto ⇄ domain for RunService: the only place that knows both shapes of a run and an event. */
+
+const STATUS_TO_PROTO: Record<runs.RunStatus, RunStatus> = {
+  pending: RunStatus.PENDING,
+  claimed: RunStatus.CLAIMED,
+  running: RunStatus.RUNNING,
+  completed: RunStatus.COMPLETED,
+  failed: RunStatus.FAILED,
+  blocked: RunStatus.BLOCKED,
+  cancelled: RunStatus.CANCELLED,
+};
+const STATUS_FROM_PROTO = new Map(Object.entries(STATUS_TO_PROTO).map(([k, v]) => [v, k as runs.RunStatus]));
+
+const STRATEGY_TO_PROTO: Record<runs.MultitaskStrategy, MultitaskStrategy> = {
+  reject: MultitaskStrategy.REJECT,
+  enqueue: MultitaskStrategy.ENQUEUE,
+  interrupt: MultitaskStrategy.INTERRUPT,
+};
+
+export function statusFromProto(status: RunStatus): runs.RunStatus | undefined {
+  return STATUS_FROM_PROTO.get(status);
+}
+
+export function terminalStatusFromProto(status: RunStatus): runs.TerminalStatus {
+  const value = STATUS_FROM_PROTO.get(status);
+  // protovalidate admits only the four terminal values; anything else is a bug upstream.
+  if (
+    value === undefined ||
+    !(["completed", "failed", "blocked", "cancelled"] as const).some((s) => s === value)
+  ) {
+    throw new Error(`status ${status} is not terminal`);
+  }
+  return value as runs.TerminalStatus;
+}
+
+export function strategyFromProto(strategy: MultitaskStrategy): runs.MultitaskStrategy {
+  if (strategy === MultitaskStrategy.ENQUEUE) return "enqueue";
+  if (strategy === MultitaskStrategy.INTERRUPT) return "interrupt";
+  return "reject";
+}
+
+/** proto3 strings are never absent; the store keeps "" as NULL so that filters and indexes see no value. */
+export const emptyToNull = (value: string): string | null => (value === "" ? null : value);
+export const emptyToUndefined = (value: string): string | undefined => (value === "" ? undefined : value);
+
+const ts = (date: Date | null | undefined): Timestamp | undefined =>
+  date === null || date === undefined ? undefined : timestampFromDate(date);
+
+export function dateFromProto(value: Timestamp | undefined): Date | undefined {
+  return value === undefined ? undefined : timestampDate(value);
+}
+
+/**
+ * Seqs and versions are int64 on the wire but never leave the safe-integer range in the store;
+ * a larger request value (a client's 2^63 - 1) means "after everything" and is clamped, not
+ * rounded into a different number.
+ */
+export const positionFromProto = (value: bigint): number =>
+  value > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(value);
+
+export function usageToProto(usage: runs.TokenUsage): TokenUsage {
+  return create(TokenUsageSchema, usage);
+}
+
+export function usageFromProto(usage: TokenUsage | undefined): runs.TokenUsage | undefined {
+  if (usage === undefined) return undefined;
+  return {
+    inputTokens: usage.inputTokens,
+    outputTokens: usage.outputTokens,
+    totalTokens: usage.totalTokens,
+    llmCallCount: usage.llmCallCount,
+    leadAgentTokens: usage.leadAgentTokens,
+    subagentTokens: usage.subagentTokens,
+    middlewareTokens: usage.middlewareTokens,
+  };
+}
+
+export function runToProto(run: runs.Run): Run {
+  return create(RunSchema, {
+    runId: run.id,
+    threadId: run.threadId ?? "",
+    sessionId: run.sessionId ?? "",
+    assistantId: run.assistantId ?? "",
+    userId: run.userId ?? "",
+    project: run.project ?? "",
+    modelName: run.modelName ?? "",
+    backendProfile: run.backendProfile ?? "",
+    metadata: run.metadata as Run["metadata"],
+    input: run.input as Run["input"],
+    multitaskStrategy: STRATEGY_TO_PROTO[run.multitaskStrategy],
+    status: STATUS_TO_PROTO[run.status],
+    failureKind: run.failureKind ?? "",
+    failureMessage: run.failureMessage ?? "",
+    runnerId: run.runnerId ?? "",
+    leaseExpireTime: ts(run.leaseExpiresAt),
+    usage: usageToProto(run.usage),
+    messageCount: run.messageCount,
+    firstHumanMessage: run.firstHumanMessage ?? "",
+    lastAiMessage: run.lastAiMessage ?? "",
+    lastEventSeq: BigInt(run.lastSeq),
+    requestId: run.requestId ?? "",
+    createTime: ts(run.createdAt),
+    updateTime: ts(run.updatedAt),
+    startTime: ts(run.startedAt),
+    finishTime: ts(run.finishedAt),
+    version: BigInt(run.version),
+  });
+}
+
+export function eventToProto(event: StoredEvent): RunEvent {
+  return create(RunEventSchema, {
+    runId: event.runId,
+    seq: BigInt(event.seq),
+    type: event.type,
+    payload: event.payload as RunEvent["payload"],
+    createTime: timestampFromDate(event.createdAt),
+  });
+}

@@ -1,0 +1,129 @@
+/** The run aggregate's domain types: what stores take and return, free of protobuf and SQL. */
+
+export const ACTIVE_STATUSES = ["pending", "claimed", "running"] as const;
+export const TERMINAL_STATUSES = ["completed", "failed", "blocked", "cancelled"] as const;
+export type ActiveStatus = (typeof ACTIVE_STATUSES)[number];
+export type TerminalStatus = (typeof TERMINAL_STATUSES)[number];
+export type RunStatus = ActiveStatus | TerminalStatus;
+
+export const isTerminal = (status: string): status is TerminalStatus =>
+  (TERMINAL_STATUSES as readonly string[]).includes(status);
+
+export type MultitaskStrategy = "reject" | "enqueue" | "interrupt";
+
+/** The name of the version stream that WatchRuns follows. */
+export const RUNS_STREAM = "runs";
+
+export interface NewRun {
+  threadId: string | null;
+  sessionId: string | null;
+  assistantId: string | null;
+  userId: string | null;
+  project: string | null;
+  modelName: string | null;
+  backendProfile: string | null;
+  metadata: Record<string, unknown>;
+  input: Record<string, unknown>;
+  multitaskStrategy: MultitaskStrategy;
+}
+
+/** Token counters, exact int64 end to end: a client's 9007199254740993 comes back as sent. */
+export interface TokenUsage {
+  inputTokens: bigint;
+  outputTokens: bigint;
+  totalTokens: bigint;
+  llmCallCount: bigint;
+  leadAgentTokens: bigint;
+  subagentTokens: bigint;
+  middlewareTokens: bigint;
+}
+
+export const TOKEN_USAGE_FIELDS = [
+  "inputTokens",
+  "outputTokens",
+  "totalTokens",
+  "llmCallCount",
+  "leadAgentTokens",
+  "subagentTokens",
+  "middlewareTokens",
+] as const satisfies ReadonlyArray<keyof TokenUsage>;
+
+export const zeroUsage = (): TokenUsage => ({
+  inputTokens: 0n,
+  outputTokens: 0n,
+  totalTokens: 0n,
+  llmCallCount: 0n,
+  leadAgentTokens: 0n,
+  subagentTokens: 0n,
+  middlewareTokens: 0n,
+});
+
+/** A progress or completion snapshot; undefined fields keep their stored value. */
+export interface RunSnapshot {
+  usage?: TokenUsage;
+  messageCount?: bigint;
+  firstHumanMessage?: string;
+  lastAiMessage?: string;
+  modelName?: string;
+}
+
+export interface RunOutcome extends RunSnapshot {
+  status: TerminalStatus;
+  failureKind: string | null;
+  failureMessage: string | null;
+}
+
+export interface RunFilter {
+  threadId?: string;
+  sessionId?: string;
+  userId?: string;
+  status?: RunStatus;
+}
+
+/** What WatchRuns can filter on: fields a run never changes, so a run never leaves a filter. */
+export interface RunWatchFilter {
+  threadId?: string;
+  sessionId?: string;
+  userId?: string;
+  assistantId?: string;
+  project?: string;
+}
+
+/** A stored run, as every read returns it. */
+export interface Run {
+  tenantId: string;
+  id: string;
+  requestId: string | null;
+  requestHash: string | null;
+  threadId: string | null;
+  sessionId: string | null;
+  assistantId: string | null;
+  userId: string | null;
+  project: string | null;
+  modelName: string | null;
+  backendProfile: string | null;
+  metadata: Record<string, unknown>;
+  input: Record<string, unknown>;
+  multitaskStrategy: MultitaskStrategy;
+  status: RunStatus;
+  failureKind: string | null;
+  failureMessage: string | null;
+  runnerId: string | null;
+  leaseExpiresAt: Date | null;
+  usage: TokenUsage;
+  messageCount: bigint;
+  firstHumanMessage: string | null;
+  lastAiMessage: string | null;
+  lastSeq: number;
+  version: number;
+  createdAt: Date;
+  updatedAt: Date;
+  startedAt: Date | null;
+  finishedAt: Date | null;
+}
+
+export interface ThreadUsage {
+  totalRuns: bigint;
+  usage: TokenUsage;
+  byModel: Map<string, { runs: bigint; inputTokens: bigint; outputTokens: bigint; totalTokens: bigint }>;
+}

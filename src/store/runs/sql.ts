@@ -1,0 +1,166 @@
+import { col } from "../../db/rows.ts";
+import { statement } from "../../db/sql.ts";
+import { RunEntity } from "./entities.ts";
+
+/**
+ * The run aggregate's SQL: statements that are PostgreSQL-specific (advisory locks, ON CONFLICT,
+ * conditional updates that must see and change a row in one step) or hot (progress, terminate).
+ * Ordinary reads and writes (get, list, find by request id, delete) go through the ORM in runs.ts.
+ */
+
+/** Serializes creates on one thread so that the multitask check and the insert are atomic. */
+export const lockThread = statement<[lockKey: string]>()({
+  name: "runs.lock_thread",
+  text: "select pg_advisory_xact_lock(hashtextextended($1, 0))",
+  row: {},
+});
+
+type InsertRunParams = [
+  tenant: string,
+  id: string,
+  requestId: string | null,
+  requestHash: string | null,
+  threadId: string | null,
+  sessionId: string | null,
+  assistantId: string | null,
+  userId: string | null,
+  project: string | null,
+  modelName: string | null,
+  backendProfile: string | null,
+  metadataJson: string,
+  inputJson: string,
+  multitaskStrategy: string,
+  version: number,
+];
+
+/**
+ * Inserts a PENDING run. ON CONFLICT on the request id: a concurrent create with the same
+ * request_id that committed first makes this insert return nothing, instead of aborting the
+ * transaction with a unique violation.
+ */
+export const insertRun = statement<InsertRunParams>()({
+  name: "runs.insert",
+  text: `insert into runs (tenant_id, id, request_id, request_hash, thread_id, session_id, assistant_id, user_id,
+           project, model_name, backend_profile, metadata, input, multitask_strategy, status, version)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14, 'pending', $15)
+         on conflict (tenant_id, request_id) do nothing
+         returning *`,
+  row: { run: col.entity(RunEntity) },
+});
+
+/** The snapshot columns ($1-$11) that progress and completion may set; NULL keeps the stored value. */
+type SnapshotParams = [
+  inputTokens: bigint | null,
+  outputTokens: bigint | null,
+  totalTokens: bigint | null,
+  llmCallCount: bigint | null,
+  leadAgentTokens: bigint | null,
+  subagentTokens: bigint | null,
+  middlewareTokens: bigint | null,
+  messageCount: bigint | null,
+  firstHumanMessage: string | null,
+  lastAiMessage: string | null,
+  modelName: string | null,
+];
+
+/** Stores a progress snapshot of an active run; a PENDING or CLAIMED run becomes RUNNING. */
+export const updateProgress = statement<
+  [...SnapshotParams, tenant: string, runId: string, version: number]
+>()({
+  name: "runs.update_progress",
+  text: `update runs set input_tokens = coalesce($1, input_tokens), output_tokens = coalesce($2, output_tokens),
+           total_tokens = coalesce($3, total_tokens), llm_call_count = coalesce($4, llm_call_count),
+           lead_agent_tokens = coalesce($5, lead_agent_tokens), subagent_tokens = coalesce($6, subagent_tokens),
+           middleware_tokens = coalesce($7, middleware_tokens), message_count = coalesce($8, message_count),
+           first_human_message = coalesce($9, first_human_message), last_ai_message = coalesce($10, last_ai_message),
+           model_name = coalesce($11, model_name),
+           status = case when status in ('pending', 'claimed') then 'running' else status end,
+           started_at = coalesce(started_at, current_timestamp(3)),
+           updated_at = clock_timestamp(),
+           version = $14
+         where tenant_id = $12 and id = $13 and status in ('pending', 'claimed', 'running')
+         returning *`,
+  row: { run: col.entity(RunEntity) },
+});
+
+/**
+ * Moves an active run to a terminal status and reserves the seq of its terminal event
+ * (last_seq + 1, under the row lock, like an append). No row back: missing or already terminal.
+ */
+export const terminateRun = statement<
+  [
+    ...SnapshotParams,
+    status: string,
+    failureKind: string | null,
+    failureMessage: string | null,
+    tenant: string,
+    runId: string,
+    version: number,
+  ]
+>()({
+  name: "runs.terminate",
+  text: `update runs set input_tokens = coalesce($1, input_tokens), output_tokens = coalesce($2, output_tokens),
+           total_tokens = coalesce($3, total_tokens), llm_call_count = coalesce($4, llm_call_count),
+           lead_agent_tokens = coalesce($5, lead_agent_tokens), subagent_tokens = coalesce($6, subagent_tokens),
+           middleware_tokens = coalesce($7, middleware_tokens), message_count = coalesce($8, message_count),
+           first_human_message = coalesce($9, first_human_message), last_ai_message = coalesce($10, last_ai_message),
+           model_name = coalesce($11, model_name),
+           status = $12, failure_kind = $13, failure_message = $14, runner_id = null, lease_expires_at = null,
+           last_seq = last_seq + 1, finished_at = clock_timestamp(), updated_at = clock_timestamp(),
+           version = $17
+         where tenant_id = $15 and id = $16 and status in ('pending', 'claimed', 'running')
+         returning *`,
+  row: { run: col.entity(RunEntity) },
+});
+
+/**
+ * Token totals of a thread by model. Sums of int8 are numeric in PostgreSQL, so they stay exact
+ * however large; the store refuses totals beyond int64 instead of rounding them.
+ */
+export const threadUsageByModel = statement<[tenant: string, threadId: string, includeActive: boolean]>()({
+  name: "runs.thread_usage",
+  text: `select coalesce(model_name, '') as model, count(*) as runs,
+           sum(input_tokens) as input_tokens, sum(output_tokens) as output_tokens,
+           sum(total_tokens) as total_tokens, sum(llm_call_count) as llm_call_count,
+           sum(lead_agent_tokens) as lead_agent_tokens, sum(subagent_tokens) as subagent_tokens,
+           sum(middleware_tokens) as middleware_tokens
+         from runs
+         where tenant_id = $1 and thread_id = $2
+           and (status in ('completed', 'failed', 'blocked', 'cancelled') or $3)
+         group by coalesce(model_name, '')`,
+  row: {
+    model: col.text("model"),
+    runs: col.int64("runs"),
+    inputTokens: col.numeric("input_tokens"),
+    outputTokens: col.numeric("output_tokens"),
+    totalTokens: col.numeric("total_tokens"),
+    llmCallCount: col.numeric("llm_call_count"),
+    leadAgentTokens: col.numeric("lead_agent_tokens"),
+    subagentTokens: col.numeric("subagent_tokens"),
+    middlewareTokens: col.numeric("middleware_tokens"),
+  },
+});
+
+/** The newest version of the tenant's runs stream (0 before the first change). */
+export const runsStreamHead = statement<[tenant: string]>()({
+  name: "runs.stream_head",
+  text: "select coalesce((select version from watch_versions where tenant_id = $1 and stream = 'runs'), 0) as head",
+  row: { head: col.safeInt("head") },
+});
+
+/**
+ * Runs changed after a version, in version order, with the stream's head read in the same
+ * snapshot: when the page is not full, the read is complete through that head, also over the
+ * versions of runs that changed again later or were deleted. Always at least one row (the head);
+ * `run` is null when no run changed.
+ */
+export const runsChangedAfter = statement<[tenant: string, afterVersion: number, limit: number]>()({
+  name: "runs.changed_after",
+  text: `select h.head, r.*
+         from (select coalesce((select version from watch_versions where tenant_id = $1 and stream = 'runs'), 0) as head) h
+         left join lateral (
+           select * from runs where tenant_id = $1 and version > $2 order by version limit $3
+         ) r on true
+         order by r.version`,
+  row: { head: col.safeInt("head"), run: col.entityOrNull(RunEntity, "id") },
+});
