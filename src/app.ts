@@ -18,7 +18,7 @@ import type { Module, ModuleContext } from "./modules/module.ts";
 import { runsModule } from "./modules/runs.ts";
 import { createAuthGate } from "./server/auth.ts";
 import { createHealthService, DatabaseHealth } from "./server/health.ts";
-import { type HttpServer, listen } from "./server/http.ts";
+import { bind, type HttpServer } from "./server/http.ts";
 import { observeInterceptor, validationInterceptor } from "./server/interceptors.ts";
 import { createReflectionServices } from "./server/reflection.ts";
 
@@ -48,12 +48,16 @@ export async function startApp(
   modules: readonly Module[] = MODULES,
 ): Promise<App> {
   const { database } = config;
-  const db = await openDatabase(database.target, {
-    entities: allEntities(modules),
-    createMissingDatabase: database.migrateAtStart,
-  });
-  const cleanup: Array<() => Promise<void> | void> = [() => db.close()];
+  // The port first: a port in use is told in one line before seconds go into the database.
+  // Connections that arrive meanwhile wait and are served once everything is ready.
+  const bound = await bind({ ...config.server.listen, tls: config.server.tls }, logger);
+  const cleanup: Array<() => Promise<void> | void> = [() => bound.close(0)];
   try {
+    const db = await openDatabase(database.target, {
+      entities: allEntities(modules),
+      createMissingDatabase: database.migrateAtStart,
+    });
+    cleanup.unshift(() => db.close());
     if (database.migrateAtStart) {
       const applied = await migrate(db);
       if (applied.length > 0) logger.info({ migrations: applied }, "applied migrations");
@@ -118,11 +122,7 @@ export async function startApp(
       connect: true,
     });
     for (const module of mounted) await module.warmUp?.();
-    const server: HttpServer = await listen(
-      handler,
-      { ...config.server.listen, tls: config.server.tls },
-      logger,
-    );
+    const server: HttpServer = bound.serve(handler);
     logger.info(
       {
         port: server.port,

@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import net from "node:net";
+import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import pg from "pg";
 import { type AgentStoreClient, Code, createClient, type RunEvent, RunStatus } from "../src/client/index.ts";
 import { collect, eventually, range, rejectsWith } from "./helpers/assertions.ts";
-import { backends, postgres, type TestDatabase } from "./helpers/databases.ts";
+import { ADMIN_URL, backends, pglite, postgres, type TestDatabase } from "./helpers/databases.ts";
 import { API_KEYS_ENV, KEYS, ROOT, type ServerProcess, spawnServer } from "./helpers/servers.ts";
 
 /** These tests run the server as the README does (`node src/main.ts`), in separate processes. */
@@ -193,15 +195,31 @@ describe("replicas on one PostgreSQL", { skip: pgBackend.skip }, () => {
   });
 });
 
+/** Runs `node src/main.ts` to its exit (the server is expected to refuse to start). */
+const runMain = (env: Record<string, string>, args: string[] = []) =>
+  spawnSync(process.execPath, ["src/main.ts", ...args], {
+    cwd: ROOT,
+    env: {
+      PATH: process.env.PATH ?? "",
+      AGENTSTORE_DATA_DIR: "memory://",
+      AGENTSTORE_LISTEN: "127.0.0.1:0",
+      ...env,
+    },
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+
+/** An operator's mistake is told in one line on stderr: no stack trace. */
+function assertOneLine(stderr: string, pattern: RegExp) {
+  const lines = stderr.trim().split("\n");
+  assert.equal(lines.length, 1, `one line, got:\n${stderr}`);
+  assert.match(lines[0] ?? "", pattern);
+  assert.ok(!/\n\s+at /.test(stderr), "no stack trace");
+}
+
 describe("start-up checks", () => {
   it("refuses a non-loopback address without API keys, and bad settings, with exit code 2", () => {
-    const run = (env: Record<string, string>) =>
-      spawnSync(process.execPath, ["src/main.ts"], {
-        cwd: ROOT,
-        env: { PATH: process.env.PATH ?? "", AGENTSTORE_DATA_DIR: "memory://", ...env },
-        encoding: "utf8",
-        timeout: 30_000,
-      });
+    const run = (env: Record<string, string>) => runMain(env);
     const open = run({ AGENTSTORE_LISTEN: "0.0.0.0:0" });
     assert.equal(open.status, 2);
     assert.match(open.stderr, /refusing to listen on 0\.0\.0\.0 without API keys/);
@@ -210,5 +228,78 @@ describe("start-up checks", () => {
     assert.match(bad.stderr, /AGENTSTORE_MAX_EVENT_BYTES/);
     assert.match(bad.stderr, /DATABASE_URL/);
     assert.ok(!bad.stderr.includes("hunter2"), "the database password is not echoed");
+  });
+});
+
+describe("start-up failures an operator can fix are one clear line", () => {
+  it("an unreachable PostgreSQL is named as unreachable (with AGENTSTORE_MIGRATE=false too), without its password", async () => {
+    const port = await freePort();
+    for (const migrate of ["true", "false"]) {
+      const result = runMain({
+        DATABASE_URL: `postgres://app:hunter2@127.0.0.1:${port}/agentstore`,
+        AGENTSTORE_MIGRATE: migrate,
+      });
+      assert.equal(result.status, 1, result.stderr);
+      assertOneLine(
+        result.stderr,
+        new RegExp(
+          `cannot reach the database at postgres://app:\\*\\*\\*@127\\.0\\.0\\.1:${port}/agentstore \\(DATABASE_URL\\)`,
+        ),
+      );
+      assert.ok(!result.stderr.includes("schema is behind"));
+      assert.ok(!(result.stdout + result.stderr).includes("hunter2"), "the password is not shown");
+    }
+  });
+
+  it("two servers on one embedded data directory: the second names the directory and the first's pid", async () => {
+    const db = await pglite().create();
+    const first = await spawnServer(db.env);
+    try {
+      const second = runMain(db.env);
+      assert.equal(second.status, 1, second.stderr);
+      assertOneLine(second.stderr, /data directory .* is in use by another agentstore process \(pid \d+\)/);
+      assert.ok(second.stderr.includes(`pid ${first.child.pid}`));
+      const migrate = runMain(db.env, ["migrate"]);
+      assert.equal(migrate.status, 1, "migrate respects the lock too");
+      // The first server was never disturbed.
+      const client = createClient({ baseUrl: first.url });
+      assert.ok((await client.runs.createRun({ run: {} })).run?.runId);
+      client.close();
+    } finally {
+      // Killed, so that its lock file stays behind.
+      await first.stop("SIGKILL");
+    }
+    // A lock left behind by a process that is gone is taken over.
+    assert.ok(
+      existsSync(join(db.env.AGENTSTORE_DATA_DIR ?? "", "agentstore.lock")),
+      "the lock file was left behind",
+    );
+    const again = await spawnServer(db.env);
+    await again.stop();
+    await db.drop();
+  });
+});
+
+const freshPg = await postgres();
+describe("a fresh PostgreSQL", { skip: freshPg.skip }, () => {
+  it("the README's DATABASE_URL command creates a missing database; with AGENTSTORE_MIGRATE=false it says how", async () => {
+    const name = `agentstore_fresh_${process.pid}_${Date.now().toString(36)}`;
+    const url = new URL(ADMIN_URL);
+    url.pathname = `/${name}`;
+    const admin = new pg.Client({ connectionString: ADMIN_URL });
+    await admin.connect();
+    try {
+      const refused = runMain({ DATABASE_URL: url.toString(), AGENTSTORE_MIGRATE: "false" });
+      assert.equal(refused.status, 1);
+      assertOneLine(refused.stderr, new RegExp(`the database "${name}" does not exist .*createdb "${name}"`));
+      const server = await spawnServer({ DATABASE_URL: url.toString() });
+      const client = createClient({ baseUrl: server.url });
+      assert.ok((await client.runs.createRun({ run: {} })).run?.runId);
+      client.close();
+      await server.stop();
+    } finally {
+      await admin.query(`drop database if exists ${name} with (force)`);
+      await admin.end();
+    }
   });
 });

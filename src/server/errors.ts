@@ -33,8 +33,9 @@ export function connectError(
 
 /**
  * The one place where errors become wire errors. Domain errors keep their code and reason; a lost
- * database connection is UNAVAILABLE (the client should retry, possibly elsewhere); a deadlock or
- * lock timeout is ABORTED; anything else is INTERNAL with its cause logged here and never sent.
+ * database connection is UNAVAILABLE (the client should retry, possibly elsewhere); a value the
+ * database refused (SQLSTATE class 22) is INVALID_ARGUMENT; a deadlock or lock timeout is ABORTED;
+ * anything else is INTERNAL with its cause logged here and never sent.
  */
 export function toConnectError(err: unknown, logger: Logger, procedure: string): ConnectError {
   if (err instanceof ConnectError) {
@@ -56,6 +57,14 @@ export function toConnectError(err: unknown, logger: Logger, procedure: string):
       "DATABASE_UNAVAILABLE",
       "the database is unreachable; retry shortly",
     );
+  }
+  const state = sqlState(err) ?? sqlState((err as { cause?: unknown })?.cause);
+  if (state?.startsWith("22")) {
+    // A data exception: a value the database cannot take reached it. The request guard should have
+    // refused it first, so this is logged loudly, but the caller is told it is their input, which a
+    // retry cannot fix, rather than INTERNAL.
+    logger.error({ err, procedure }, "a value the database refused got past the request guard");
+    return connectError(Code.InvalidArgument, "INVALID_VALUE", "a value in the request cannot be stored");
   }
   if (
     err instanceof DeadlockException ||

@@ -6,18 +6,29 @@ import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_de
 import type { Logger } from "../core/logger.ts";
 import { tenantKey } from "./auth.ts";
 import { ERROR_DOMAIN, toConnectError } from "./errors.ts";
+import { type GuardViolation, guardMessage } from "./request-guard.ts";
+
+interface FieldViolation {
+  field: string;
+  description: string;
+  reason: string;
+}
 
 /**
- * Validates every request message against the protovalidate rules written in the proto, before
- * any handler runs. A violation answers INVALID_ARGUMENT with reason INVALID_ARGUMENT and a
- * google.rpc.BadRequest listing each field and rule, so any client can show the exact problem.
+ * Validates every request message before any handler runs: first against the protovalidate rules
+ * written in the proto, then against what the database can hold (server/request-guard.ts: no NUL,
+ * well-formed strings, finite JSON numbers, timestamps in range). A violation answers
+ * INVALID_ARGUMENT with reason INVALID_ARGUMENT and a google.rpc.BadRequest listing each field and
+ * rule, so any client can show the exact problem, and nothing is stored.
  */
 export function validationInterceptor(): Interceptor {
   const validator = createValidator();
   const check = (schema: DescMessage, message: Message) => {
     const result = validator.validate(schema, message);
-    if (result.kind === "invalid") throw invalidArgumentError(result.error.violations);
+    if (result.kind === "invalid") throw invalidArgumentError(result.error.violations.map(fromProtovalidate));
     if (result.kind === "error") throw result.error;
+    const guarded = guardMessage(schema, message);
+    if (guarded.length > 0) throw invalidArgumentError(guarded.map(fromGuard));
   };
   return (next) => async (req) => {
     if (!req.stream) {
@@ -39,12 +50,19 @@ export function validationInterceptor(): Interceptor {
   };
 }
 
-function invalidArgumentError(violations: readonly Violation[]): ConnectError {
-  const fields = violations.map((v) => ({
-    field: pathToString(v.field),
-    description: v.message,
-    reason: v.ruleId,
-  }));
+const fromProtovalidate = (v: Violation): FieldViolation => ({
+  field: pathToString(v.field),
+  description: v.message,
+  reason: v.ruleId,
+});
+
+const fromGuard = (v: GuardViolation): FieldViolation => ({
+  field: v.field,
+  description: v.message,
+  reason: v.rule,
+});
+
+function invalidArgumentError(fields: readonly FieldViolation[]): ConnectError {
   return new ConnectError(
     fields.map((v) => `${v.field}: ${v.description}`).join("; "),
     Code.InvalidArgument,
@@ -58,7 +76,7 @@ function invalidArgumentError(violations: readonly Violation[]): ConnectError {
           metadata: { field: fields[0]?.field ?? "", rule: fields[0]?.reason ?? "" },
         }),
       },
-      { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: fields }) },
+      { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: [...fields] }) },
     ],
   );
 }

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { type Timestamp, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type RunEvent, RunEventSchema } from "../../gen/agentstore/v1/run_event_pb.ts";
 import {
   MultitaskStrategy,
@@ -60,8 +60,14 @@ export const emptyToUndefined = (value: string): string | undefined => (value ==
 const ts = (date: Date | null | undefined): Timestamp | undefined =>
   date === null || date === undefined ? undefined : timestampFromDate(date);
 
+/**
+ * Timestamps are truncated to the millisecond the store keeps; rounding would turn
+ * 9999-12-31T23:59:59.999999999Z into year 10000, which the database refuses.
+ */
 export function dateFromProto(value: Timestamp | undefined): Date | undefined {
-  return value === undefined ? undefined : timestampDate(value);
+  return value === undefined
+    ? undefined
+    : new Date(Number(value.seconds) * 1000 + Math.floor(value.nanos / 1e6));
 }
 
 /**
