@@ -1,0 +1,94 @@
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { promisify } from "node:util";
+import { pglite, type TestDatabase } from "./helpers/databases.ts";
+import { ROOT, startServer, type TestServer } from "./helpers/servers.ts";
+
+/**
+ * The README's examples, run as written (twice, as a newcomer trying them again would), against a
+ * real server. A block is tested when the line before it is `<!-- readme-test: <name> -->`; the
+ * examples read the server's address from $AS and default to the documented one.
+ */
+const run = promisify(execFile);
+const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+const blocks = new Map<string, { lang: string; code: string }>();
+for (const match of readme.matchAll(/<!-- readme-test: ([a-z-]+) -->\n```([a-z]+)\n([\s\S]*?)\n```/g)) {
+  const [, name = "", lang = "", code = ""] = match;
+  blocks.set(name, { lang, code });
+}
+
+describe("the README's examples", () => {
+  let db: TestDatabase;
+  let server: TestServer;
+  const env = () => ({
+    ...process.env,
+    PATH: `${join(ROOT, "node_modules/.bin")}:${process.env.PATH ?? ""}`,
+    AS: server.url,
+  });
+
+  before(async () => {
+    db = await pglite().create();
+    server = await startServer(db);
+    // The TypeScript example imports the package by name, which resolves to the built client.
+    if (!existsSync(join(ROOT, "dist/src/client/index.js"))) {
+      await run(join(ROOT, "node_modules/.bin/tsc"), ["-p", "tsconfig.build.json"], { cwd: ROOT });
+    }
+  });
+  after(async () => {
+    await server?.close();
+    await db?.drop();
+  });
+
+  it("has the blocks this test runs", () => {
+    assert.deepEqual([...blocks.keys()].sort(), ["errors", "health", "runs", "typescript"]);
+  });
+
+  const sh = async (name: string) => {
+    const block = blocks.get(name);
+    assert.ok(block, `README block ${name}`);
+    const { stdout, stderr } = await run("bash", ["-euo", "pipefail", "-c", block.code], {
+      cwd: ROOT,
+      env: env(),
+      timeout: 60_000,
+    });
+    return stdout + stderr;
+  };
+
+  it("the health check answers SERVING", async () => {
+    for (let i = 0; i < 2; i++) assert.match(await sh("health"), /"status": "SERVING"/);
+  });
+
+  it("the buf curl walk-through runs twice, ending with the terminal event", async () => {
+    for (let i = 0; i < 2; i++) {
+      const out = await sh("runs");
+      assert.match(out, /agentstore\.v1\.RunService\/WatchRuns/);
+      assert.match(out, /"type": "assistant_message"/);
+      assert.match(out, /"status": "completed"/);
+      assert.match(out, /"type": "terminal_status"/);
+    }
+  });
+
+  it("the error example shows the ErrorInfo reason", async () => {
+    for (let i = 0; i < 2; i++) assert.match(await sh("errors"), /"reason": "RUN_NOT_FOUND"/);
+  });
+
+  it("the TypeScript example runs twice and ends", async () => {
+    const block = blocks.get("typescript");
+    assert.ok(block);
+    // Inside the package, so that `agentstore/client` resolves by the package's own name.
+    const file = join(ROOT, `.readme-example-${process.pid}.ts`);
+    writeFileSync(file, block.code);
+    try {
+      for (let i = 0; i < 2; i++) {
+        const { stdout } = await run(process.execPath, [file], { cwd: ROOT, env: env(), timeout: 60_000 });
+        assert.match(stdout, /^1 assistant_message \{ text: 'hi' \}$/m);
+        assert.match(stdout, /^2 terminal_status /m);
+      }
+    } finally {
+      rmSync(file, { force: true });
+    }
+  });
+});
