@@ -162,7 +162,7 @@ function walkJson(value: unknown, path: string, violations: GuardViolation[], de
       });
     }
   } else if (Array.isArray(value)) {
-    value.forEach((item, i) => walkJson(item, `${path}[${i}]`, violations, depth + 1));
+    for (const [i, item] of value.entries()) walkJson(item, `${path}[${i}]`, violations, depth + 1);
   } else if (value !== null && typeof value === "object") {
     for (const [key, item] of Object.entries(value)) {
       const itemPath = `${path}[${JSON.stringify(key)}]`;
