@@ -19,7 +19,7 @@ import { runsModule } from "./modules/runs.ts";
 import { createAuthGate } from "./server/auth.ts";
 import { createHealthService, DatabaseHealth } from "./server/health.ts";
 import { bind, type HttpServer } from "./server/http.ts";
-import { observeInterceptor, validationInterceptor } from "./server/interceptors.ts";
+import { observeInterceptor, streamLimitInterceptor, validationInterceptor } from "./server/interceptors.ts";
 import { createReflectionServices } from "./server/reflection.ts";
 
 /** Every module the server mounts. Adding a service means adding its module here, nothing else. */
@@ -114,7 +114,11 @@ export async function startApp(
         router.service(...reflection.v1alpha);
       },
       requestGate: createAuthGate(config.server.apiKeys),
-      interceptors: [observeInterceptor(logger), validationInterceptor()],
+      interceptors: [
+        observeInterceptor(logger),
+        streamLimitInterceptor(config.server.maxStreamsPerTenant),
+        validationInterceptor(),
+      ],
       readMaxBytes: config.server.maxMessageBytes,
       shutdownSignal: shutdown.signal,
       grpc: true,

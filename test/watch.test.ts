@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { describe, it } from "node:test";
 import { type AgentStoreClient, Code, MultitaskStrategy, type Run, RunStatus } from "../src/client/index.ts";
 import { eventually, range, rejectsWith } from "./helpers/assertions.ts";
-import { backends } from "./helpers/databases.ts";
+import { backends, pglite } from "./helpers/databases.ts";
 import { useServer } from "./helpers/servers.ts";
 
 interface Watcher {
@@ -191,3 +191,31 @@ for (const backend of await backends()) {
     });
   });
 }
+
+describe("open streams per tenant", () => {
+  const fx = useServer(pglite(), { AGENTSTORE_MAX_STREAMS_PER_TENANT: "2" });
+
+  it("are capped; a closed stream frees its place", async () => {
+    const first = watch(fx.client, { fromNow: true });
+    const second = watch(fx.client, { fromNow: true });
+    await eventually(() => assert.equal(fx.server.app.hubs.get("runs")?.stats().followers, 2));
+    const third = fx.client.runs.watchRuns({ fromNow: true });
+    await rejectsWith(
+      (async () => {
+        for await (const _ of third) break;
+      })(),
+      Code.ResourceExhausted,
+      "TOO_MANY_STREAMS",
+    );
+    await first.stop();
+    await eventually(async () => {
+      const again = watch(fx.client, { fromNow: true });
+      try {
+        await eventually(() => assert.equal(fx.server.app.hubs.get("runs")?.stats().followers, 2), 2_000);
+      } finally {
+        await again.stop();
+      }
+    });
+    await second.stop();
+  });
+});

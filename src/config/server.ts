@@ -46,6 +46,13 @@ export const serverSettings = {
     schema: positiveInt,
     fallback: String(16 * 1024 * 1024),
   }),
+  maxStreamsPerTenant: setting({
+    env: "AGENTSTORE_MAX_STREAMS_PER_TENANT",
+    flag: "max-streams-per-tenant",
+    help: "most streaming calls (StreamRunEvents, WatchRuns, ...) one tenant may hold open on this replica",
+    schema: positiveInt,
+    fallback: "2000",
+  }),
   healthIntervalMs: setting({
     env: "AGENTSTORE_HEALTH_INTERVAL_MS",
     flag: "health-interval-ms",
@@ -75,6 +82,7 @@ export interface ServerConfig {
   apiKeys: Map<string, string>;
   tls: { certFile: string; keyFile: string } | undefined;
   maxMessageBytes: number;
+  maxStreamsPerTenant: number;
   healthIntervalMs: number;
   shutdownGraceMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -110,6 +118,7 @@ export function serverConfig(
     apiKeys,
     tls: certFile !== undefined && keyFile !== undefined ? { certFile, keyFile } : undefined,
     maxMessageBytes: values.maxMessageBytes,
+    maxStreamsPerTenant: values.maxStreamsPerTenant,
     healthIntervalMs: values.healthIntervalMs,
     shutdownGraceMs: values.shutdownGraceMs,
     logLevel: values.logLevel,

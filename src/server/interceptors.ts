@@ -5,7 +5,7 @@ import { Code, ConnectError, type Interceptor, type StreamResponse } from "@conn
 import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { Logger } from "../core/logger.ts";
 import { tenantKey } from "./auth.ts";
-import { ERROR_DOMAIN, toConnectError } from "./errors.ts";
+import { connectError, ERROR_DOMAIN, toConnectError } from "./errors.ts";
 import { type GuardViolation, guardMessage } from "./request-guard.ts";
 
 interface FieldViolation {
@@ -128,4 +128,56 @@ async function* mapStreamErrors<O>(
     throw done(err);
   }
   done(undefined);
+}
+
+/**
+ * Caps the streaming calls one tenant holds open on this replica, so that one tenant's runaway
+ * client cannot take every file descriptor and all the memory of a shared server. Past the cap a
+ * new stream is RESOURCE_EXHAUSTED (TOO_MANY_STREAMS); the ones already open are untouched.
+ * Health and reflection have no tenant and are not counted.
+ */
+export function streamLimitInterceptor(maxPerTenant: number): Interceptor {
+  const open = new Map<string, number>();
+  return (next) => async (req) => {
+    const tenant = req.contextValues.get(tenantKey);
+    if (req.method.methodKind !== "server_streaming" || tenant === undefined) return next(req);
+    const count = open.get(tenant) ?? 0;
+    if (count >= maxPerTenant) {
+      throw connectError(
+        Code.ResourceExhausted,
+        "TOO_MANY_STREAMS",
+        `this tenant already has ${count} open streams on this server, the most it may hold; close some first`,
+        { limit: String(maxPerTenant) },
+      );
+    }
+    open.set(tenant, count + 1);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      const left = (open.get(tenant) ?? 1) - 1;
+      if (left > 0) open.set(tenant, left);
+      else open.delete(tenant);
+    };
+    let res: Awaited<ReturnType<typeof next>>;
+    try {
+      res = await next(req);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    if (!res.stream) {
+      release();
+      return res;
+    }
+    return { ...res, message: releaseWhenDone(res.message, release) } satisfies StreamResponse;
+  };
+}
+
+async function* releaseWhenDone<O>(messages: AsyncIterable<O>, release: () => void): AsyncIterable<O> {
+  try {
+    yield* messages;
+  } finally {
+    release();
+  }
 }
