@@ -1,4 +1,10 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  createRouterTransport,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.ts";
 import { Health } from "../gen/grpc/health/v1/health_pb.ts";
@@ -14,9 +20,9 @@ import type { ChangeFeed } from "./feed/feed.ts";
 import { LocalFeed } from "./feed/local-feed.ts";
 import { PgFeed } from "./feed/pg-feed.ts";
 import type { StreamHub } from "./feed/stream-hub.ts";
-import type { Module, ModuleContext } from "./modules/module.ts";
+import type { Module, ModuleContext, MountedModule } from "./modules/module.ts";
 import { runsModule } from "./modules/runs.ts";
-import { createAuthGate } from "./server/auth.ts";
+import { createAuthGate, tenantKey } from "./server/auth.ts";
 import { createHealthService, DatabaseHealth } from "./server/health.ts";
 import { bind, type HttpServer } from "./server/http.ts";
 import { observeInterceptor, streamLimitInterceptor, validationInterceptor } from "./server/interceptors.ts";
@@ -100,36 +106,39 @@ export async function startApp(
       [...services, Health],
       [file_google_rpc_error_details, ...mounted.flatMap((m) => m.extraFiles ?? [])],
     );
+    const routes = (router: ConnectRouter) => {
+      for (const module of mounted) module.routes(router);
+      router.service(
+        Health,
+        createHealthService(
+          health,
+          services.map((s) => s.typeName),
+        ),
+      );
+      router.service(...reflection.v1);
+      router.service(...reflection.v1alpha);
+    };
+    const interceptors = [
+      observeInterceptor(logger),
+      streamLimitInterceptor(config.server.maxStreamsPerTenant),
+      validationInterceptor(),
+    ];
+    await warmUp(mounted, routes, interceptors, logger);
     const handler = connectNodeAdapter({
-      routes: (router) => {
-        for (const module of mounted) module.routes(router);
-        router.service(
-          Health,
-          createHealthService(
-            health,
-            services.map((s) => s.typeName),
-          ),
-        );
-        router.service(...reflection.v1);
-        router.service(...reflection.v1alpha);
-      },
+      routes,
       requestGate: createAuthGate(config.server.apiKeys),
-      interceptors: [
-        observeInterceptor(logger),
-        streamLimitInterceptor(config.server.maxStreamsPerTenant),
-        validationInterceptor(),
-      ],
+      interceptors,
       readMaxBytes: config.server.maxMessageBytes,
       shutdownSignal: shutdown.signal,
       grpc: true,
       grpcWeb: true,
       connect: true,
     });
-    for (const module of mounted) await module.warmUp?.();
     const server: HttpServer = bound.serve(handler);
     logger.info(
       {
         port: server.port,
+        pid: process.pid,
         host: config.server.listen.host,
         database: db.kind,
         tls: config.server.tls !== undefined,
@@ -161,4 +170,29 @@ export async function startApp(
     for (const step of cleanup) await Promise.resolve(step()).catch(() => {});
     throw err;
   }
+}
+
+/** No API key can name this tenant: configured tenant names start with a letter or digit. */
+const WARMUP_TENANT = "_warmup";
+
+/** Runs every module's warm-up through the real routes and interceptors, in process. */
+async function warmUp(
+  mounted: readonly MountedModule[],
+  routes: (router: ConnectRouter) => void,
+  interceptors: Interceptor[],
+  logger: Logger,
+): Promise<void> {
+  const started = performance.now();
+  const transport = createRouterTransport(routes, {
+    router: { interceptors, requestGate: (ctx) => void ctx.values.set(tenantKey, WARMUP_TENANT) },
+  });
+  for (const module of mounted) {
+    try {
+      await module.warmUp?.(transport);
+    } catch (err) {
+      // A cold first call is slower, not wrong: serve anyway.
+      logger.warn({ err }, "warm-up failed");
+    }
+  }
+  logger.debug({ ms: Math.round(performance.now() - started) }, "warmed up");
 }

@@ -1,3 +1,4 @@
+import { readdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
 import type { EntitySchema } from "@mikro-orm/core";
@@ -9,7 +10,8 @@ import type { DatabaseTarget } from "../config/index.ts";
 import { StartupError } from "../core/errors.ts";
 import { lockDataDir } from "./data-dir-lock.ts";
 import { SavepointPGliteDialect } from "./pglite-dialect.ts";
-import { type QueryExecutor, SqlRunner } from "./sql.ts";
+import { col } from "./rows.ts";
+import { type QueryExecutor, SqlRunner, statement } from "./sql.ts";
 
 export const migrationsPath = fileURLToPath(new URL("./migrations", import.meta.url));
 
@@ -76,7 +78,13 @@ export async function openDatabase(target: DatabaseTarget, options: OpenOptions)
   }
   const unlock = target.dataDir === undefined ? () => {} : lockDataDir(target.dataDir);
   try {
-    const pglite = await PGlite.create(target.dataDir ? { dataDir: target.dataDir } : {});
+    const pglite = await PGlite.create({
+      ...(target.dataDir ? { dataDir: target.dataDir } : {}),
+      // PostgreSQL zeroes all of shared_buffers at start, so PGlite's 128 MB default is resident
+      // from the first second: 16 MB saves ~120 MB of RSS and ~60 ms of start, with reads served
+      // from the OS page cache as fast. startParams replaces PGlite's defaults, so they are kept.
+      startParams: [...PGlite.defaultStartParams, "-c", "shared_buffers=16MB"],
+    });
     const orm = await MikroORM.init(
       defineConfig({
         ...baseOptions(options.entities),
@@ -177,6 +185,9 @@ const MIGRATION_LOCK_KEY = 7_361_042_215;
  * others then find nothing pending.
  */
 export async function migrate(db: Database): Promise<string[]> {
+  // The common case at start, nothing to apply, is one cheap query rather than the migrator's
+  // information_schema round trips and its lock.
+  if ((await pendingMigrations(db)).length === 0) return [];
   if (db.kind === "pglite" || db.url === undefined) return (await db.orm.migrator.up()).map((m) => m.name);
   const lock = new pg.Client({ connectionString: db.url, connectionTimeoutMillis: 10_000 });
   await lock.connect();
@@ -188,7 +199,26 @@ export async function migrate(db: Database): Promise<string[]> {
   }
 }
 
-/** Names of the committed migrations the database has not applied yet. */
+const appliedMigrations = statement<[]>()({
+  name: "migrations.applied",
+  text: "select name from agentstore_migrations",
+  row: { name: col.text("name") },
+});
+
+/** Names of the committed migrations the database has not applied yet, oldest first. */
 export async function pendingMigrations(db: Database): Promise<string[]> {
-  return (await db.orm.migrator.getPending()).map((m) => m.name);
+  const committed = readdirSync(migrationsPath)
+    .filter((file) => /^Migration\d+\w*\.(ts|js)$/.test(file))
+    .map((file) => file.replace(/\.(ts|js)$/, ""))
+    .sort();
+  let applied: Set<string>;
+  try {
+    applied = new Set((await db.sql.all(appliedMigrations)).map((row) => row.name));
+  } catch (err) {
+    // No migrations table yet (42P01): a new database, everything is pending.
+    if ((err as { code?: string }).code === "42P01" || /agentstore_migrations/.test(String(err)))
+      return committed;
+    throw err;
+  }
+  return committed.filter((name) => !applied.has(name));
 }

@@ -1,5 +1,5 @@
 import type { DescFile, DescService } from "@bufbuild/protobuf";
-import type { ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter, Transport } from "@connectrpc/connect";
 import type { EntitySchema } from "@mikro-orm/core";
 import type { Config } from "../config/index.ts";
 import type { Logger } from "../core/logger.ts";
@@ -41,6 +41,12 @@ export interface MountedModule {
   routes(router: ConnectRouter): void;
   /** The module's stream hubs by name, for stats and shutdown. */
   readonly hubs: ReadonlyMap<string, StreamHub<unknown>>;
-  /** Exercises the module's hot paths once before the server reports SERVING. */
-  warmUp?(): Promise<void>;
+  /**
+   * Exercises the module's calls once, through the real handlers and interceptors over an
+   * in-process transport, before the server accepts calls: the first call of a fresh replica then
+   * costs what every later one does (protovalidate compiles its rules per message type on first
+   * use, the ORM builds its mappers, the database plans each statement). Calls run as a tenant no
+   * API key can name, and clean up after themselves.
+   */
+  warmUp?(transport: Transport): Promise<void>;
 }

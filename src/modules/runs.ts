@@ -1,5 +1,7 @@
+import { randomUUID } from "node:crypto";
+import { type Client, createClient } from "@connectrpc/connect";
 import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
-import type { Run as RunProto } from "../../gen/agentstore/v1/run_pb.ts";
+import { type Run as RunProto, RunStatus } from "../../gen/agentstore/v1/run_pb.ts";
 import { RunService } from "../../gen/agentstore/v1/run_service_pb.ts";
 import { createRedactor } from "../core/redact.ts";
 import { LogHub, VersionHub } from "../feed/stream-hub.ts";
@@ -61,6 +63,31 @@ export const runsModule: Module = {
         ["run-events", eventHub as LogHub<unknown>],
         ["runs", runHub as VersionHub<unknown>],
       ]),
+      warmUp: (transport) => warmUpRuns(createClient(RunService, transport)),
     };
   },
 };
+
+/** One run's whole life through every RunService path, leaving nothing behind but its versions. */
+async function warmUpRuns(client: Client<typeof RunService>): Promise<void> {
+  const threadId = `warmup-${randomUUID()}`;
+  const { run } = await client.createRun({
+    run: { threadId, metadata: { warmup: true }, input: { warmup: true } },
+    requestId: randomUUID(),
+  });
+  const runId = run?.runId ?? "";
+  await client.appendRunEvents({ runId, events: [{ type: "warmup", payload: { n: 1 } }] });
+  await client.updateRunProgress({ runId, usage: { totalTokens: 1n }, messageCount: 1n });
+  await client.getRun({ runId });
+  await client.listRuns({ threadId, pageSize: 1 });
+  await client.listInflightRuns({ pageSize: 1 });
+  await client.listRunEvents({ runId, pageSize: 1 });
+  await client.finishRun({ runId, status: RunStatus.COMPLETED });
+  // Streamed whole, to its terminal event: the in-process transport does not pass a client's
+  // cancel on to the handler, so a stream left open would keep a follower in the hub. (WatchRuns
+  // never ends, and is left cold for that reason.)
+  for await (const _ of client.streamRunEvents({ runId })) {
+  }
+  await client.getThreadUsage({ threadId });
+  await client.deleteRun({ runId });
+}
