@@ -31,6 +31,9 @@ import { createReflectionServices } from "./server/reflection.ts";
 /** Every module the server mounts. Adding a service means adding its module here, nothing else. */
 export const MODULES: readonly Module[] = [runsModule];
 
+/** Most calls one group commit takes, so that one transaction stays short. */
+const MAX_WRITE_GROUP = 64;
+
 /** Every table, for the ORM and the migration generator. */
 export const allEntities = (modules: readonly Module[] = MODULES) => [
   ...serverEntities,
@@ -43,6 +46,11 @@ export interface App {
   readonly health: DatabaseHealth;
   /** Every mounted module's stream hubs by name ("run-events", "runs"), for stats. */
   readonly hubs: ReadonlyMap<string, StreamHub<unknown>>;
+  /**
+   * Group commit: for the unit of work ("transactions") and each module's combined writes
+   * ("appends"), how many groups ran and how many calls they carried.
+   */
+  writeStats(): Record<string, { groups: number; calls: number }>;
   /** Graceful stop: NOT_SERVING, no new connections, open streams end with UNAVAILABLE, database closed. */
   close(): Promise<void>;
 }
@@ -81,10 +89,14 @@ export async function startApp(
     await feed.start();
     cleanup.unshift(() => feed.close());
 
+    const uow = new UnitOfWork(db, feed, {
+      concurrentGroups: database.writeGroups,
+      maxGroupSize: MAX_WRITE_GROUP,
+    });
     const context: ModuleContext = {
       config,
       db,
-      uow: new UnitOfWork(db, feed),
+      uow,
       feed,
       paging: new Paging(await serverKey(db, "page_tokens")),
       logger,
@@ -153,6 +165,8 @@ export async function startApp(
       db,
       health,
       hubs,
+      writeStats: () =>
+        Object.assign({ transactions: uow.stats() }, ...mounted.map((m) => m.writeStats?.() ?? {})),
       close() {
         closing ??= (async () => {
           health.shutdown();

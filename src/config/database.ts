@@ -24,6 +24,13 @@ export const databaseSettings = {
     schema: positiveInt,
     fallback: "10",
   }),
+  writeGroups: setting({
+    env: "AGENTSTORE_DB_WRITE_GROUPS",
+    flag: "db-write-groups",
+    help: "write transactions a replica runs at once on PostgreSQL; calls beyond them commit together in groups (the embedded database always uses 1)",
+    schema: positiveInt,
+    fallback: "2",
+  }),
   migrate: setting({
     env: "AGENTSTORE_MIGRATE",
     flag: "migrate",
@@ -40,6 +47,8 @@ export type DatabaseTarget =
 export interface DatabaseConfig {
   target: DatabaseTarget;
   migrateAtStart: boolean;
+  /** Concurrent write transactions (group-commit slots); 1 on the embedded database. */
+  writeGroups: number;
 }
 
 export function databaseConfig(
@@ -56,6 +65,8 @@ export function databaseConfig(
         ? { kind: "postgres", url: databaseUrl, poolMax: values.poolMax }
         : { kind: "pglite", dataDir: dataDir === "memory://" ? undefined : dataDir },
     migrateAtStart: values.migrate,
+    // PGlite has one connection: a second slot would only queue behind the first.
+    writeGroups: databaseUrl !== undefined ? values.writeGroups : 1,
   };
 }
 

@@ -10,6 +10,7 @@ import type { DatabaseTarget } from "../config/index.ts";
 import { StartupError } from "../core/errors.ts";
 import { lockDataDir } from "./data-dir-lock.ts";
 import { SavepointPGliteDialect } from "./pglite-dialect.ts";
+import { PreparingClient } from "./prepared.ts";
 import { col } from "./rows.ts";
 import { type QueryExecutor, SqlRunner, statement } from "./sql.ts";
 
@@ -63,8 +64,9 @@ export async function openDatabase(target: DatabaseTarget, options: OpenOptions)
         ...baseOptions(options.entities),
         clientUrl: target.url,
         pool: { min: 0, max: target.poolMax },
-        // A dead server must fail a query quickly instead of queueing it forever.
-        driverOptions: { connectionTimeoutMillis: 5_000, keepAlive: true },
+        // A dead server must fail a query quickly instead of queueing it forever. PreparingClient
+        // prepares the named hot statements once per connection.
+        driverOptions: { connectionTimeoutMillis: 5_000, keepAlive: true, Client: PreparingClient },
       }),
     );
     return {

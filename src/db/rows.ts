@@ -74,6 +74,7 @@ export const col = {
   ),
   /** int8 that the server itself bounds far below 2^53 (seqs, versions, counts of rows). */
   safeInt: decoder(toSafeInt),
+  safeIntOrNull: decoder(nullable(toSafeInt)),
   timestamp: decoder(toDate),
   timestampOrNull: decoder(nullable(toDate)),
   /** JSON kept as the text the database produced (select it as `col::text`), for byte budgets. */

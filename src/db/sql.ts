@@ -1,4 +1,5 @@
 import { CompiledQuery } from "kysely";
+import { registerPrepared } from "./prepared.ts";
 import { type EntityMapper, type RowOf, type RowShape, rowDecoder } from "./rows.ts";
 
 export type { EntityMapper };
@@ -7,8 +8,8 @@ export type { EntityMapper };
  * A named SQL statement with typed parameters and typed rows. Hot and PostgreSQL-specific
  * statements are defined once, next to the store that owns them (store/<aggregate>/sql.ts), and
  * run through `SqlRunner`; nothing builds SQL by string interpolation. Parameters travel as bind
- * parameters ($1, $2, ...), never inlined into the text, so a value cannot change the statement
- * and the database can reuse its plan.
+ * parameters ($1, $2, ...), never inlined into the text, so a value cannot change the statement;
+ * on PostgreSQL each is prepared once per connection under its name (db/prepared.ts).
  */
 export interface Statement<P extends readonly unknown[], R> {
   /** Unique, dotted: "<aggregate>.<what it does>". Also the prepared statement's name. */
@@ -35,6 +36,7 @@ export function statement<P extends readonly unknown[]>() {
   return <S extends RowShape>(def: { name: string; text: string; row: S }): Statement<P, RowOf<S>> => {
     if (names.has(def.name)) throw new Error(`statement ${def.name} is defined twice`);
     names.add(def.name);
+    registerPrepared(def.text, def.name);
     return { name: def.name, text: def.text, decode: rowDecoder(def.row) };
   };
 }
@@ -55,8 +57,10 @@ export class SqlRunner {
   }
 
   async all<P extends readonly unknown[], R>(stmt: Statement<P, R>, ...params: P): Promise<R[]> {
-    const compiled = { ...CompiledQuery.raw(stmt.text, params.map(encodeParam)), name: stmt.name };
-    const { rows } = await this.#executor().executeQuery(compiled as CompiledQuery<Record<string, unknown>>);
+    const compiled = CompiledQuery.raw(stmt.text, params.map(encodeParam)) as CompiledQuery<
+      Record<string, unknown>
+    >;
+    const { rows } = await this.#executor().executeQuery(compiled);
     return rows.map((raw) => stmt.decode(raw, this.#mapEntity));
   }
 

@@ -1,12 +1,13 @@
 import type { EntityManager } from "@mikro-orm/postgresql";
 import type { Change, ChangeFeed } from "../feed/feed.ts";
+import { CombiningQueue } from "./combining-queue.ts";
 import type { Database } from "./database.ts";
 import { col } from "./rows.ts";
 import { type QueryExecutor, SqlRunner, statement } from "./sql.ts";
 
 /** What a store's work sees inside one transaction. */
 export interface Tx {
-  /** The ORM, bound to this transaction (entities, query builder). */
+  /** The ORM, bound to this transaction (entities, query builder); its own identity map. */
   readonly em: EntityManager;
   /** Named statements, in this transaction. */
   readonly sql: SqlRunner;
@@ -14,7 +15,7 @@ export interface Tx {
   publish(change: Change): void;
   /**
    * The next version of a tenant's watched stream ("runs", ...), and a staged change for its
-   * watchers. See `nextVersion` below for why versions never commit out of order.
+   * watchers. See `bumpVersion` below for why versions never commit out of order.
    */
   nextVersion(tenant: string, stream: string): Promise<number>;
 }
@@ -40,25 +41,65 @@ const bumpVersion = statement<[tenant: string, stream: string]>()({
   row: { version: col.safeInt("version") },
 });
 
+type Work<R> = (tx: Tx) => Promise<R>;
+
+export interface UnitOfWorkOptions {
+  /**
+   * Transactions this replica runs at once. Calls that arrive while they are all busy wait and
+   * then commit together, as one group, in the next free one.
+   */
+  concurrentGroups: number;
+  /** Most calls one group commits together. */
+  maxGroupSize: number;
+}
+
 /**
  * The one write path. Every store operation that writes runs inside `run`: one transaction, whose
  * feed changes are collected while it runs, handed to the feed inside the transaction (so a NOTIFY
  * commits with the data) and published after the commit; a transaction that rolls back publishes
  * nothing. Changes are coalesced per stream (the highest seq wins), so a transaction that appends
  * many events to a run notifies once.
+ *
+ * Group commit: when calls overlap, the ones that arrive while every transaction slot is busy run
+ * one after another inside the next transaction and commit together, with one NOTIFY for all of
+ * them (db/combining-queue.ts): PostgreSQL's commit (an fsync) and its notify lock (held through
+ * the commit of every notifying transaction) are then paid once per group instead of once per
+ * call. A call that arrives while a slot is free starts at once, so nothing waits when calls do not
+ * overlap. Each call keeps its own result and its own error: if any call of a group fails (or the
+ * commit does), nothing of the group is committed and each of its calls runs again alone, so a bad
+ * request never fails its neighbours. Works therefore must have no effects outside the database but
+ * what they `publish`.
  */
 export class UnitOfWork {
   readonly #db: Database;
   readonly #feed: ChangeFeed;
+  readonly #queue: CombiningQueue<Work<unknown>, unknown>;
 
-  constructor(db: Database, feed: ChangeFeed) {
+  constructor(db: Database, feed: ChangeFeed, options: UnitOfWorkOptions) {
     this.#db = db;
     this.#feed = feed;
+    this.#queue = new CombiningQueue<Work<unknown>, unknown>({
+      slots: options.concurrentGroups,
+      maxGroup: options.maxGroupSize,
+      runGroup: async (works) => (await this.#transaction(works)).map((value) => ({ ok: true, value })),
+      runAlone: async (work) => (await this.#transaction([work]))[0],
+      retrySingle: false,
+    });
   }
 
-  async run<R>(work: (tx: Tx) => Promise<R>): Promise<R> {
+  /** Runs `work` in a transaction (possibly together with concurrent calls) and returns its result. */
+  run<R>(work: Work<R>): Promise<R> {
+    return this.#queue.submit(work) as Promise<R>;
+  }
+
+  /** How much grouping happened, for tests and benchmarks. */
+  stats(): { groups: number; calls: number } {
+    return this.#queue.stats();
+  }
+
+  async #transaction(works: readonly Work<unknown>[]): Promise<unknown[]> {
     let staged = new Map<string, Change>();
-    const result = await this.#db.orm.em.fork().transactional(async (em) => {
+    const results = await this.#db.orm.em.fork().transactional(async (em) => {
       staged = new Map();
       const context = em.getTransactionContext<QueryExecutor>();
       if (context === undefined) throw new Error("transactional() gave no transaction context");
@@ -71,22 +112,27 @@ export class UnitOfWork {
         const previous = staged.get(id);
         if (previous === undefined || previous.seq < change.seq) staged.set(id, change);
       };
-      const tx: Tx = {
-        em,
-        sql,
-        publish,
-        async nextVersion(tenant, stream) {
-          const row = await sql.first(bumpVersion, tenant, stream);
-          if (row === undefined) throw new Error("the version upsert returned no row");
-          publish({ channel: versionChannel(stream), tenant, key: stream, seq: row.version });
-          return row.version;
-        },
-      };
-      const value = await work(tx);
+      const values: unknown[] = [];
+      for (const work of works) {
+        // Each call its own identity map: what one call read must not answer another's reads
+        // after raw statements changed the rows.
+        const tx: Tx = {
+          em: works.length === 1 ? em : em.fork({ keepTransactionContext: true, clear: true }),
+          sql,
+          publish,
+          async nextVersion(tenant, stream) {
+            const row = await sql.first(bumpVersion, tenant, stream);
+            if (row === undefined) throw new Error("the version upsert returned no row");
+            publish({ channel: versionChannel(stream), tenant, key: stream, seq: row.version });
+            return row.version;
+          },
+        };
+        values.push(await work(tx));
+      }
       if (staged.size > 0) await this.#feed.stage(sql, [...staged.values()]);
-      return value;
+      return values;
     });
     if (staged.size > 0) this.#feed.committed([...staged.values()]);
-    return result;
+    return results;
   }
 }

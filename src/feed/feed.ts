@@ -20,6 +20,12 @@ export interface Change {
  * call the feed themselves.
  */
 export interface ChangeFeed {
+  /**
+   * The NOTIFY channel, for statements that notify by themselves (the combined append), in the
+   * feed's wire format ([[channel, tenant, key, seq], ...]); undefined for an in-process feed, which
+   * hears of changes through `committed`.
+   */
+  readonly notifyChannel: string | undefined;
   stage(sql: SqlRunner, changes: readonly Change[]): Promise<void>;
   committed(changes: readonly Change[]): void;
   /** Every change, from this process or (for a shared database) any replica. */

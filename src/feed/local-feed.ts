@@ -12,6 +12,8 @@ export class LocalFeed implements ChangeFeed {
     this.#resyncs = new Listeners(onError);
   }
 
+  readonly notifyChannel = undefined;
+
   async stage(): Promise<void> {}
 
   committed(changes: readonly Change[]): void {

@@ -42,6 +42,8 @@ export class PgFeed implements ChangeFeed {
     this.#resyncs = new Listeners(onError);
   }
 
+  readonly notifyChannel = CHANNEL;
+
   /**
    * One NOTIFY per transaction carrying all its changes (a JSON array), not one per change: a
    * notifying transaction takes PostgreSQL's notify lock through its commit, so fewer is better.

@@ -39,6 +39,8 @@ export interface MountedModule {
   readonly extraFiles?: readonly DescFile[];
   /** Registers the services' handlers. */
   routes(router: ConnectRouter): void;
+  /** Calls combined by the module's own combined writes (group commit), by name, for stats. */
+  writeStats?(): Record<string, { groups: number; calls: number }>;
   /** The module's stream hubs by name, for stats and shutdown. */
   readonly hubs: ReadonlyMap<string, StreamHub<unknown>>;
   /**

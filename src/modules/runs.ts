@@ -30,6 +30,8 @@ export const runsModule: Module = {
     const events = new EventStore(db, uow, paging, {
       limits: settings.limits,
       redact: createRedactor(settings.extraRedactKeys),
+      feed,
+      writeSlots: config.database.writeGroups,
     });
     const runs = new RunStore(db, uow, paging, settings.limits);
     const usage = new UsageStore(db);
@@ -63,6 +65,7 @@ export const runsModule: Module = {
         ["run-events", eventHub as LogHub<unknown>],
         ["runs", runHub as VersionHub<unknown>],
       ]),
+      writeStats: () => ({ appends: events.appendStats() }),
       warmUp: (transport) => warmUpRuns(createClient(RunService, transport)),
     };
   },

@@ -6,12 +6,14 @@ import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging 
 import type { Redactor } from "../../core/redact.ts";
 import type { Database } from "../../db/database.ts";
 import type { UnitOfWork } from "../../db/unit-of-work.ts";
+import type { ChangeFeed } from "../../feed/feed.ts";
 import { RunEntity } from "../runs/entities.ts";
 import { requestIdReused, runIsTerminal, runNotFound } from "../runs/errors.ts";
+import { type AppendCall, AppendGroups, type AppendResult, RUN_EVENTS_CHANNEL } from "./appends.ts";
 import { RunEventBatchEntity } from "./entities.ts";
 import { appendEvents, lastSeq, readEvents, recordBatch } from "./sql.ts";
 
-export const RUN_EVENTS_CHANNEL = "run_events";
+export { RUN_EVENTS_CHANNEL };
 export const TERMINAL_EVENT_TYPE = "terminal_status";
 
 export interface NewEvent {
@@ -29,11 +31,7 @@ export interface StoredEvent {
   createdAt: Date;
 }
 
-export interface AppendResult {
-  firstSeq: number;
-  lastSeq: number;
-  createdAt: Date;
-}
+export type { AppendResult };
 
 export interface EventPage {
   events: StoredEvent[];
@@ -51,6 +49,18 @@ const EVENT_LIST: ListSpec<string[]> = {
 /** One ListRunEvents page carries about this much payload, below gRPC's common 4 MiB limit. */
 const EVENT_PAGE_BYTES = 3 * 1024 * 1024;
 
+/** Most appends one combined statement carries. */
+const MAX_APPEND_GROUP = 128;
+
+export interface EventStoreOptions {
+  limits: RunLimits;
+  redact: Redactor;
+  /** The feed, for the combined append statement, which notifies by itself. */
+  feed: ChangeFeed;
+  /** Combined append statements in flight at once. */
+  writeSlots: number;
+}
+
 /** Thrown inside a transaction to roll it back when a concurrent idempotent append won the race. */
 class LostIdempotencyRace extends Error {}
 
@@ -65,19 +75,25 @@ export class EventStore {
   readonly #limits: RunLimits;
   readonly #redact: Redactor;
 
-  constructor(
-    db: Database,
-    uow: UnitOfWork,
-    paging: Paging,
-    options: { limits: RunLimits; redact: Redactor },
-  ) {
+  readonly #appends: AppendGroups;
+
+  constructor(db: Database, uow: UnitOfWork, paging: Paging, options: EventStoreOptions) {
     this.#db = db;
     this.#uow = uow;
     this.#paging = paging;
     this.#limits = options.limits;
     this.#redact = options.redact;
+    this.#appends = new AppendGroups(db, options.feed, {
+      slots: options.writeSlots,
+      maxGroup: MAX_APPEND_GROUP,
+      appendAlone: (call) => this.#appendAlone(call),
+    });
   }
 
+  /**
+   * Appends a batch with the next seqs of the run. Concurrent appends are combined into one
+   * statement (appends.ts); each keeps its own seqs and its own error.
+   */
   async append(
     tenant: string,
     runId: string,
@@ -86,6 +102,18 @@ export class EventStore {
   ): Promise<AppendResult> {
     const batchJson = this.#encodeBatch(events);
     const requestHash = requestId === null ? null : stableHash(events);
+    return this.#appends.append({ tenant, runId, count: events.length, batchJson, requestId, requestHash });
+  }
+
+  /** How the append path combined calls, for tests and benchmarks. */
+  appendStats(): { groups: number; calls: number } {
+    return this.#appends.stats();
+  }
+
+  /** One append in a transaction of its own: the path of calls whose combined statement failed. */
+  async #appendAlone(call: AppendCall): Promise<AppendResult> {
+    const { tenant, runId, batchJson, requestId, requestHash } = call;
+    const events = { length: call.count };
     if (requestId !== null) {
       const previous = await findBatch(this.#db.orm.em.fork(), tenant, runId, requestId, requestHash);
       if (previous !== undefined) return previous;

@@ -99,3 +99,92 @@ export const lastSeq = statement<[tenant: string, runId: string]>()({
   text: "select last_seq from runs where tenant_id = $1 and id = $2",
   row: { lastSeq: col.safeInt("last_seq") },
 });
+
+type AppendGroupParams = [
+  tenants: string[],
+  runIds: string[],
+  counts: number[],
+  batches: string[],
+  requestIds: Array<string | null>,
+  requestHashes: Array<string | null>,
+  notifyChannel: string | null,
+];
+
+/**
+ * Many appends, to any runs, in one autocommitted statement: the hot path of AppendRunEvents under
+ * load, one round trip and one commit for a whole group of calls (store/events/appends.ts).
+ *
+ * Each input row is one call ($1..$6 are parallel arrays; `ord` is the call's position). A call
+ * whose request id was recorded before returns that record instead (`existing`). The other calls
+ * reserve their seqs from their run's last_seq, as one append does, with calls to the same run in
+ * `ord` order; runs are locked in (tenant_id, id) order so that two groups never deadlock on each
+ * other's runs. A run that is missing or terminal is not locked, so its calls get no row back.
+ * The events go in with their seqs, idempotent calls record their batch, and the feed hears of
+ * every run that grew, in NOTIFYs of at most 40 runs each (a payload must stay under 8000 bytes),
+ * sent by PostgreSQL at commit; $7 is the channel, or null where the feed is in-process (PGlite).
+ */
+export const appendGroup = statement<AppendGroupParams>()({
+  name: "events.append_group",
+  text: `with input as (
+           select * from unnest($1::text[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[])
+             with ordinality as i(tenant_id, run_id, n, batch, request_id, request_hash, ord)
+         ), existing as (
+           select i.ord, b.first_seq, b.last_seq, b.request_hash, b.created_at
+           from input i join run_event_batches b
+             on b.tenant_id = i.tenant_id and b.run_id = i.run_id and b.request_id = i.request_id
+         ), todo as (
+           select i.* from input i where not exists (select 1 from existing e where e.ord = i.ord)
+         ), per_run as (
+           select tenant_id, run_id, sum(n)::int8 as total from todo group by tenant_id, run_id
+         ), locked as materialized (
+           select r.tenant_id, r.id from runs r
+           join per_run p on r.tenant_id = p.tenant_id and r.id = p.run_id
+           where r.status in ('pending', 'claimed', 'running')
+           order by r.tenant_id, r.id
+           for update of r
+         ), bumped as (
+           update runs r set last_seq = r.last_seq + p.total, updated_at = clock_timestamp()
+           from locked l, per_run p
+           where r.tenant_id = l.tenant_id and r.id = l.id and p.tenant_id = l.tenant_id and p.run_id = l.id
+           returning r.tenant_id, r.id, r.last_seq - p.total as base, r.last_seq, r.updated_at
+         ), placed as (
+           select t.ord, t.tenant_id, t.run_id, t.n, t.batch, t.request_id, t.request_hash, b.updated_at,
+             b.base + (sum(t.n) over (partition by t.tenant_id, t.run_id order by t.ord))::int8 - t.n as before_seq
+           from todo t join bumped b on b.tenant_id = t.tenant_id and b.id = t.run_id
+         ), inserted as (
+           insert into run_events (tenant_id, run_id, seq, type, payload, created_at)
+           select p.tenant_id, p.run_id, p.before_seq + e.ord, e.value->>'type', e.value->'payload', p.updated_at
+           from placed p cross join lateral jsonb_array_elements(p.batch::jsonb) with ordinality as e(value, ord)
+         ), recorded as (
+           insert into run_event_batches (tenant_id, run_id, request_id, request_hash, first_seq, last_seq, created_at)
+           select tenant_id, run_id, request_id, request_hash, before_seq + 1, before_seq + n, updated_at
+           from placed where request_id is not null
+         ), notified as (
+           select pg_notify($7, json_agg(json_build_array('run_events', c.tenant_id, c.id, c.last_seq))::text)
+           from (select b.*, (row_number() over () - 1) / 40 as chunk from bumped b) c
+           where $7::text is not null
+           group by c.chunk
+         )
+         select 'placed' as outcome, ord, before_seq + 1 as first_seq, before_seq + n as last_seq,
+           updated_at as created_at, null::text as request_hash
+         from placed
+         union all
+         select 'existing', ord, first_seq, last_seq, created_at, request_hash from existing
+         union all
+         select 'notified', count(*), null, null, null, null from notified`,
+  row: {
+    outcome: col.text("outcome"),
+    ord: col.safeInt("ord"),
+    firstSeq: col.safeIntOrNull("first_seq"),
+    lastSeq: col.safeIntOrNull("last_seq"),
+    createdAt: col.timestampOrNull("created_at"),
+    requestHash: col.textOrNull("request_hash"),
+  },
+});
+
+/** Why a run took no append: it is missing (no row) or terminal. */
+export const runStatus = statement<[tenant: string, runId: string]>()({
+  name: "events.run_status",
+  text: "select id, status from runs where tenant_id = $1 and id = $2",
+  row: { id: col.text("id"), status: col.text("status") },
+});

@@ -1,0 +1,148 @@
+import { CombiningQueue, type Settled } from "../../db/combining-queue.ts";
+import type { Database } from "../../db/database.ts";
+import type { ChangeFeed } from "../../feed/feed.ts";
+import { requestIdReused, runIsTerminal, runNotFound } from "../runs/errors.ts";
+import { appendGroup, runStatus } from "./sql.ts";
+
+/** One AppendRunEvents call, validated and encoded. */
+export interface AppendCall {
+  tenant: string;
+  runId: string;
+  count: number;
+  /** JSON array of {"type", "payload"}, redacted. */
+  batchJson: string;
+  requestId: string | null;
+  requestHash: string | null;
+}
+
+export interface AppendResult {
+  firstSeq: number;
+  lastSeq: number;
+  createdAt: Date;
+}
+
+export const RUN_EVENTS_CHANNEL = "run_events";
+
+export interface AppendGroupsOptions {
+  /** Statements in flight at once; calls arriving meanwhile go into the next one together. */
+  slots: number;
+  /** Most calls per statement. */
+  maxGroup: number;
+  /** An append on its own, through the unit of work: the path a failed group's calls retry by. */
+  appendAlone(call: AppendCall): Promise<AppendResult>;
+}
+
+/**
+ * The hot path of AppendRunEvents: concurrent appends, to any runs, combined into one
+ * autocommitted statement (sql.ts appendGroup): seq allocation, the events, the idempotency
+ * records and the feed's NOTIFY in one round trip and one commit for the whole group, with each
+ * call's own seqs and its own error. When calls do not overlap, each is a group of one and goes at
+ * once. A statement that fails as a whole (a deadlock across replicas, a concurrent duplicate
+ * request id hitting the batch table's key) sends each of its calls through the ordinary
+ * transaction instead, which handles those races one by one.
+ */
+export class AppendGroups {
+  readonly #db: Database;
+  readonly #feed: ChangeFeed;
+  readonly #queue: CombiningQueue<AppendCall, AppendResult>;
+
+  constructor(db: Database, feed: ChangeFeed, options: AppendGroupsOptions) {
+    this.#db = db;
+    this.#feed = feed;
+    this.#queue = new CombiningQueue({
+      slots: options.slots,
+      maxGroup: options.maxGroup,
+      runGroup: (calls) => this.#runGroup(calls),
+      runAlone: options.appendAlone,
+      retrySingle: true,
+    });
+  }
+
+  append(call: AppendCall): Promise<AppendResult> {
+    return this.#queue.submit(call);
+  }
+
+  stats(): { groups: number; calls: number } {
+    return this.#queue.stats();
+  }
+
+  async #runGroup(calls: readonly AppendCall[]): Promise<Settled<AppendResult>[]> {
+    // A request id twice in one group: only its first call goes in; the others share its outcome.
+    const firstOf = new Map<string, number>();
+    const sent: number[] = [];
+    const sameAs: number[] = calls.map((call, i) => {
+      if (call.requestId === null) {
+        sent.push(i);
+        return i;
+      }
+      const key = `${call.tenant}\u0000${call.runId}\u0000${call.requestId}`;
+      const first = firstOf.get(key);
+      if (first !== undefined) return first;
+      firstOf.set(key, i);
+      sent.push(i);
+      return i;
+    });
+    const picked = sent.map((i) => calls[i] as AppendCall);
+    const rows = await this.#db.sql.all(
+      appendGroup,
+      picked.map((c) => c.tenant),
+      picked.map((c) => c.runId),
+      picked.map((c) => c.count),
+      picked.map((c) => c.batchJson),
+      picked.map((c) => c.requestId),
+      picked.map((c) => c.requestHash),
+      this.#feed.notifyChannel ?? null,
+    );
+    const outcomes = new Map<number, Settled<AppendResult>>();
+    const changes = new Map<string, { tenant: string; runId: string; seq: number }>();
+    for (const row of rows) {
+      if (row.outcome === "notified") continue;
+      const index = sent[row.ord - 1];
+      const call = index === undefined ? undefined : calls[index];
+      if (index === undefined || call === undefined || row.firstSeq === null || row.lastSeq === null)
+        continue;
+      const value = { firstSeq: row.firstSeq, lastSeq: row.lastSeq, createdAt: row.createdAt ?? new Date() };
+      if (row.outcome === "existing" && row.requestHash !== call.requestHash) {
+        outcomes.set(index, { ok: false, error: requestIdReused(call.requestId ?? "") });
+        continue;
+      }
+      outcomes.set(index, { ok: true, value });
+      if (row.outcome === "placed") {
+        const key = `${call.tenant}\u0000${call.runId}`;
+        const seen = changes.get(key);
+        if (seen === undefined || seen.seq < value.lastSeq) {
+          changes.set(key, { tenant: call.tenant, runId: call.runId, seq: value.lastSeq });
+        }
+      }
+    }
+    // The statement committed: tell the in-process feed (PostgreSQL's already has its NOTIFY).
+    if (changes.size > 0) {
+      this.#feed.committed(
+        [...changes.values()].map((c) => ({
+          channel: RUN_EVENTS_CHANNEL,
+          tenant: c.tenant,
+          key: c.runId,
+          seq: c.seq,
+        })),
+      );
+    }
+    const settled: Settled<AppendResult>[] = [];
+    for (const [i, call] of calls.entries()) {
+      const own = outcomes.get(sameAs[i] ?? i);
+      if (own === undefined) {
+        settled.push(await this.#whyNot(call));
+      } else if (own.ok && sameAs[i] !== i && calls[sameAs[i] ?? i]?.requestHash !== call.requestHash) {
+        settled.push({ ok: false, error: requestIdReused(call.requestId ?? "") });
+      } else {
+        settled.push(own);
+      }
+    }
+    return settled;
+  }
+
+  /** A call that took no append: its run is missing or terminal. */
+  async #whyNot(call: AppendCall): Promise<Settled<AppendResult>> {
+    const run = await this.#db.sql.first(runStatus, call.tenant, call.runId);
+    return { ok: false, error: run === undefined ? runNotFound(call.runId) : runIsTerminal(run) };
+  }
+}
