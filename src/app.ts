@@ -22,6 +22,7 @@ import { PgFeed } from "./feed/pg-feed.ts";
 import type { StreamHub } from "./feed/stream-hub.ts";
 import type { Module, ModuleContext, MountedModule } from "./modules/module.ts";
 import { runsModule } from "./modules/runs.ts";
+import { shareReasonlessAborts } from "./server/abort-reasons.ts";
 import { createAuthGate, tenantKey } from "./server/auth.ts";
 import { createHealthService, DatabaseHealth } from "./server/health.ts";
 import { bind, type HttpServer } from "./server/http.ts";
@@ -62,6 +63,7 @@ export async function startApp(
   modules: readonly Module[] = MODULES,
 ): Promise<App> {
   const { database } = config;
+  shareReasonlessAborts();
   // The port first: a port in use is told in one line before seconds go into the database.
   // Connections that arrive meanwhile wait and are served once everything is ready.
   const bound = await bind({ ...config.server.listen, tls: config.server.tls }, logger);

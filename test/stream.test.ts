@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { describe, it } from "node:test";
 import type { ClientReadableStream } from "@grpc/grpc-js";
-import { Code, type RunEvent, RunStatus } from "../src/client/index.ts";
+import { Code, createClient, type RunEvent, RunStatus } from "../src/client/index.ts";
 import { collect, eventually, range, rejectsWith } from "./helpers/assertions.ts";
 import { backends } from "./helpers/databases.ts";
 import { grpcRunService } from "./helpers/grpc-js.ts";
@@ -191,6 +191,53 @@ for (const backend of await backends()) {
       await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
       await Promise.all(followers.map((f) => f.done));
       for (const f of followers) assert.deepEqual(seqsOf(f.events), range(1, 161));
+    });
+
+    it("JSON and binary Connect clients stream the same events as gRPC (each message encoded once)", async () => {
+      const runId = await newRun();
+      await append(runId, 2);
+      await fx.client.runs.appendRunEvents({
+        runId,
+        events: [{ type: "diff", payload: { nested: { list: [1, "a"] } } }],
+      });
+      const live = follow(runId);
+      await eventually(() => assert.equal(live.events.length, 3));
+      await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      await live.done;
+      const expected = live.events.map((e) => [Number(e.seq), e.type, e.payload]);
+      // Connect JSON: streamed envelopes of JSON messages, read straight off the wire.
+      const body = Buffer.from(JSON.stringify({ runId }));
+      const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), body]);
+      frame.writeUInt32BE(body.length, 1);
+      const res = await fetch(`${fx.server.url}/agentstore.v1.RunService/StreamRunEvents`, {
+        method: "POST",
+        headers: { "content-type": "application/connect+json" },
+        body: frame,
+      });
+      const bytes = Buffer.from(await res.arrayBuffer());
+      const messages: Array<{ event?: { seq: string; type: string; payload: unknown } }> = [];
+      for (let at = 0; at < bytes.length; ) {
+        const flags = bytes[at] ?? 0;
+        const length = bytes.readUInt32BE(at + 1);
+        const json = JSON.parse(bytes.subarray(at + 5, at + 5 + length).toString("utf8"));
+        if ((flags & 2) === 0) messages.push(json);
+        else assert.deepEqual(json, {}, "the stream ends without an error");
+        at += 5 + length;
+      }
+      assert.deepEqual(
+        messages.map((m) => [Number(m.event?.seq), m.event?.type, m.event?.payload]),
+        expected,
+      );
+      const connect = createClient({ baseUrl: fx.server.url, protocol: "connect" });
+      try {
+        const viaConnect = await collect(connect.runs.streamRunEvents({ runId }));
+        assert.deepEqual(
+          viaConnect.map((r) => [Number(r.event?.seq), r.event?.type, r.event?.payload]),
+          expected,
+        );
+      } finally {
+        connect.close();
+      }
     });
 
     it("a plain grpc-js client streams the same events", async () => {

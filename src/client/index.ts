@@ -94,6 +94,31 @@ const RETRYABLE = new Set([
 const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown]);
 const MAX_SERVER_FAULTS = 5;
 
+/**
+ * HTTP/2 flow-control windows of the client's connection. Node's default is 64 KiB for the whole
+ * connection, shared by every stream on it: with hundreds of streams on one connection (one per
+ * followed run), the server could send only a few hundred bytes per stream before waiting for the
+ * client to acknowledge, and streams opened last fell seconds behind. 16 MiB for the connection
+ * and 4 MiB per stream let the server keep sending while the client reads.
+ */
+const CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024;
+const STREAM_WINDOW_BYTES = 4 * 1024 * 1024;
+
+/** Http2SessionManager that widens the connection window of every session it opens. */
+class WideWindowSessionManager extends Http2SessionManager {
+  readonly #widened = new WeakSet<object>();
+
+  override async request(...args: Parameters<Http2SessionManager["request"]>) {
+    const stream = await super.request(...args);
+    const session = stream.session;
+    if (session !== undefined && !this.#widened.has(session)) {
+      this.#widened.add(session);
+      session.setLocalWindowSize(CONNECTION_WINDOW_BYTES);
+    }
+    return stream;
+  }
+}
+
 export function createClient(options: ClientOptions): AgentStoreClient {
   const auth: Interceptor = (next) => (req) => {
     if (options.apiKey !== undefined) req.header.set("authorization", `Bearer ${options.apiKey}`);
@@ -104,7 +129,11 @@ export function createClient(options: ClientOptions): AgentStoreClient {
   const sessionManager =
     options.protocol === "connect"
       ? undefined
-      : new Http2SessionManager(options.baseUrl, { pingIntervalMs: options.pingIntervalMs ?? 15_000 }, tls);
+      : new WideWindowSessionManager(
+          options.baseUrl,
+          { pingIntervalMs: options.pingIntervalMs ?? 15_000 },
+          { ...tls, settings: { initialWindowSize: STREAM_WINDOW_BYTES } },
+        );
   const transport =
     sessionManager === undefined
       ? createConnectTransport({

@@ -1,7 +1,8 @@
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
+import { type RunEvent, RunEventSchema } from "../../gen/agentstore/v1/run_event_pb.ts";
 import type { Run as RunProto } from "../../gen/agentstore/v1/run_pb.ts";
 import {
   AppendRunEventsResponseSchema,
@@ -16,6 +17,7 @@ import {
   ListRunsResponseSchema,
   ModelUsageSchema,
   type RunService,
+  type StreamRunEventsResponse,
   StreamRunEventsResponseSchema,
   UpdateRunProgressResponseSchema,
   WatchRunsResponseSchema,
@@ -56,6 +58,32 @@ export interface RunServiceDeps {
  * runs by the canonical lower-case form, so every request's id is folded once, here.
  */
 const runIdOf = (req: { runId: string }) => req.runId.toLowerCase();
+
+/** Binary protobuf on the wire (gRPC, gRPC-Web, Connect with proto), as opposed to JSON. */
+const isBinaryCodec = (contentType: string | null) => contentType === null || !contentType.includes("json");
+
+const encodedResponses = new WeakMap<RunEvent, StreamRunEventsResponse>();
+
+/**
+ * The stream message of an event, serialized once however many streams send it: its `event`
+ * field is carried as a pre-encoded unknown field, which protobuf's writer copies verbatim, so
+ * each further stream costs a copy instead of a serialization. (JSON streams cannot carry unknown
+ * fields and are sent the ordinary message.) Events live in the hub's buffer, shared by every
+ * follower of the run; the cache goes with them.
+ */
+function encodedOnce(event: RunEvent): StreamRunEventsResponse {
+  let response = encodedResponses.get(event);
+  if (response === undefined) {
+    const field = new BinaryWriter().bytes(toBinary(RunEventSchema, event)).finish();
+    response = create(StreamRunEventsResponseSchema);
+    response.$unknown = [{ no: EVENT_FIELD_NUMBER, wireType: WireType.LengthDelimited, data: field }];
+    encodedResponses.set(event, response);
+  }
+  return response;
+}
+
+/** StreamRunEventsResponse.event */
+const EVENT_FIELD_NUMBER = 1;
 
 /**
  * RunService: (protovalidate and the request guards already ran in the interceptors) map -> store
@@ -204,9 +232,12 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
       const afterSeq = Number(req.afterSeq);
       if (isTerminal(run.status) && afterSeq >= run.lastSeq) return;
       const types = req.types.length > 0 ? new Set(req.types) : undefined;
+      const binary = isBinaryCodec(ctx.requestHeader.get("content-type"));
       for await (const entry of eventHub.follow(tenant, run.id, afterSeq, ctx.signal)) {
         if (types === undefined || entry.terminal || types.has(entry.value.type)) {
-          yield create(StreamRunEventsResponseSchema, { event: entry.value });
+          yield binary
+            ? encodedOnce(entry.value)
+            : create(StreamRunEventsResponseSchema, { event: entry.value });
         }
       }
     },

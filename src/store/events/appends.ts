@@ -83,16 +83,14 @@ export class AppendGroups {
       return i;
     });
     const picked = sent.map((i) => calls[i] as AppendCall);
-    const rows = await this.#db.sql.all(
-      appendGroup,
-      picked.map((c) => c.tenant),
-      picked.map((c) => c.runId),
-      picked.map((c) => c.count),
-      picked.map((c) => c.batchJson),
-      picked.map((c) => c.requestId),
-      picked.map((c) => c.requestHash),
-      this.#feed.notifyChannel ?? null,
-    );
+    const callsJson = `[${picked
+      .map(
+        (c) =>
+          `{"t":${JSON.stringify(c.tenant)},"r":${JSON.stringify(c.runId)},"n":${c.count},"b":${c.batchJson},` +
+          `"q":${JSON.stringify(c.requestId)},"h":${JSON.stringify(c.requestHash)}}`,
+      )
+      .join(",")}]`;
+    const rows = await this.#db.sql.all(appendGroup, callsJson, this.#feed.notifyChannel ?? null);
     const outcomes = new Map<number, Settled<AppendResult>>();
     const changes = new Map<string, { tenant: string; runId: string; seq: number }>();
     for (const row of rows) {

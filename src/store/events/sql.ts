@@ -100,34 +100,30 @@ export const lastSeq = statement<[tenant: string, runId: string]>()({
   row: { lastSeq: col.safeInt("last_seq") },
 });
 
-type AppendGroupParams = [
-  tenants: string[],
-  runIds: string[],
-  counts: number[],
-  batches: string[],
-  requestIds: Array<string | null>,
-  requestHashes: Array<string | null>,
-  notifyChannel: string | null,
-];
+type AppendGroupParams = [callsJson: string, notifyChannel: string | null];
 
 /**
  * Many appends, to any runs, in one autocommitted statement: the hot path of AppendRunEvents under
  * load, one round trip and one commit for a whole group of calls (store/events/appends.ts).
  *
- * Each input row is one call ($1..$6 are parallel arrays; `ord` is the call's position). A call
+ * $1 is a JSON array with one object per call: {"t": tenant, "r": run id, "n": event count, "b": the
+ * events [{"type", "payload"}], "q": request id or null, "h": request hash or null}; `ord` is the
+ * call's position. (One JSON text, rather than parallel text arrays, spares pg quoting every
+ * character of every payload into an array literal.) A call
  * whose request id was recorded before returns that record instead (`existing`). The other calls
  * reserve their seqs from their run's last_seq, as one append does, with calls to the same run in
  * `ord` order; runs are locked in (tenant_id, id) order so that two groups never deadlock on each
  * other's runs. A run that is missing or terminal is not locked, so its calls get no row back.
  * The events go in with their seqs, idempotent calls record their batch, and the feed hears of
  * every run that grew, in NOTIFYs of at most 40 runs each (a payload must stay under 8000 bytes),
- * sent by PostgreSQL at commit; $7 is the channel, or null where the feed is in-process (PGlite).
+ * sent by PostgreSQL at commit; $2 is the channel, or null where the feed is in-process (PGlite).
  */
 export const appendGroup = statement<AppendGroupParams>()({
   name: "events.append_group",
   text: `with input as (
-           select * from unnest($1::text[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[])
-             with ordinality as i(tenant_id, run_id, n, batch, request_id, request_hash, ord)
+           select c.value->>'t' as tenant_id, (c.value->>'r')::uuid as run_id, (c.value->>'n')::int8 as n,
+             c.value->'b' as batch, c.value->>'q' as request_id, c.value->>'h' as request_hash, c.ord
+           from jsonb_array_elements($1::jsonb) with ordinality as c(value, ord)
          ), existing as (
            select i.ord, b.first_seq, b.last_seq, b.request_hash, b.created_at
            from input i join run_event_batches b
@@ -154,15 +150,15 @@ export const appendGroup = statement<AppendGroupParams>()({
          ), inserted as (
            insert into run_events (tenant_id, run_id, seq, type, payload, created_at)
            select p.tenant_id, p.run_id, p.before_seq + e.ord, e.value->>'type', e.value->'payload', p.updated_at
-           from placed p cross join lateral jsonb_array_elements(p.batch::jsonb) with ordinality as e(value, ord)
+           from placed p cross join lateral jsonb_array_elements(p.batch) with ordinality as e(value, ord)
          ), recorded as (
            insert into run_event_batches (tenant_id, run_id, request_id, request_hash, first_seq, last_seq, created_at)
            select tenant_id, run_id, request_id, request_hash, before_seq + 1, before_seq + n, updated_at
            from placed where request_id is not null
          ), notified as (
-           select pg_notify($7, json_agg(json_build_array('run_events', c.tenant_id, c.id, c.last_seq))::text)
+           select pg_notify($2, json_agg(json_build_array('run_events', c.tenant_id, c.id, c.last_seq))::text)
            from (select b.*, (row_number() over () - 1) / 40 as chunk from bumped b) c
-           where $7::text is not null
+           where $2::text is not null
            group by c.chunk
          )
          select 'placed' as outcome, ord, before_seq + 1 as first_seq, before_seq + n as last_seq,
