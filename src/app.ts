@@ -21,6 +21,7 @@ import { LocalFeed } from "./feed/local-feed.ts";
 import { PgFeed } from "./feed/pg-feed.ts";
 import type { StreamHub } from "./feed/stream-hub.ts";
 import type { Module, ModuleContext, MountedModule } from "./modules/module.ts";
+import { runnersModule } from "./modules/runners.ts";
 import { runsModule } from "./modules/runs.ts";
 import { shareReasonlessAborts } from "./server/abort-reasons.ts";
 import { createAuthGate, tenantKey } from "./server/auth.ts";
@@ -30,7 +31,7 @@ import { observeInterceptor, streamLimitInterceptor, validationInterceptor } fro
 import { createReflectionServices } from "./server/reflection.ts";
 
 /** Every module the server mounts. Adding a service means adding its module here, nothing else. */
-export const MODULES: readonly Module[] = [runsModule];
+export const MODULES: readonly Module[] = [runsModule, runnersModule];
 
 /** Most calls one group commit takes, so that one transaction stays short. */
 const MAX_WRITE_GROUP = 64;
@@ -104,6 +105,9 @@ export async function startApp(
       logger,
     };
     const mounted = modules.map((module) => module.mount(context));
+    cleanup.unshift(async () => {
+      for (const module of mounted) await module.close?.();
+    });
     const hubs = new Map(mounted.flatMap((m) => [...m.hubs]));
     cleanup.unshift(() => {
       for (const hub of hubs.values()) hub.close();

@@ -23,13 +23,18 @@ describe("health on pglite", () => {
     await db?.drop();
   });
 
-  it("answers SERVING for the server and for RunService, NOT_FOUND for other services", async () => {
+  it("answers SERVING for the server and for every mounted service, NOT_FOUND for other services", async () => {
     const health = healthClient(server.url);
     assert.equal((await health.check({ service: "" })).status, Status.SERVING);
     assert.equal((await health.check({ service: "agentstore.v1.RunService" })).status, Status.SERVING);
     await rejectsWith(health.check({ service: "nope.Service" }), Code.NotFound, "SERVICE_UNKNOWN");
     const { statuses } = await health.list({});
-    assert.deepEqual(Object.keys(statuses).sort(), ["", "agentstore.v1.RunService"]);
+    assert.equal((await health.check({ service: "agentstore.v1.RunnerService" })).status, Status.SERVING);
+    assert.deepEqual(Object.keys(statuses).sort(), [
+      "",
+      "agentstore.v1.RunService",
+      "agentstore.v1.RunnerService",
+    ]);
     const watch = health.watch({ service: "nope.Service" })[Symbol.asyncIterator]();
     assert.equal((await watch.next()).value?.status, Status.SERVICE_UNKNOWN);
   });

@@ -49,6 +49,7 @@ describe("buf curl through server reflection", () => {
       assert.ok(services.ok, services.out);
       assert.deepEqual(services.out.trim().split("\n").sort(), [
         "agentstore.v1.RunService",
+        "agentstore.v1.RunnerService",
         "grpc.health.v1.Health",
       ]);
     }

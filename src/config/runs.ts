@@ -1,4 +1,4 @@
-import { type GroupValues, optionalText, positiveInt, setting } from "./settings.ts";
+import { type GroupValues, nonNegativeInt, optionalText, positiveInt, setting } from "./settings.ts";
 
 /** Limits and stream tuning of RunService (runs and run events). */
 export const runsSettings = {
@@ -44,6 +44,20 @@ export const runsSettings = {
     schema: positiveInt,
     fallback: "15000",
   }),
+  leaseGraceMs: setting({
+    env: "AGENTSTORE_LEASE_GRACE_MS",
+    flag: "lease-grace-ms",
+    help: "how long after a run's lease expired lease recovery takes it from its silent runner",
+    schema: nonNegativeInt,
+    fallback: "5000",
+  }),
+  leaseSweepMs: setting({
+    env: "AGENTSTORE_LEASE_SWEEP_MS",
+    flag: "lease-sweep-ms",
+    help: "how often each replica looks for expired leases (one replica sweeps at a time)",
+    schema: positiveInt,
+    fallback: "1000",
+  }),
   redactKeys: setting({
     env: "AGENTSTORE_REDACT_KEYS",
     flag: "redact-keys",
@@ -66,6 +80,7 @@ export interface RunLimits {
 export interface RunsConfig {
   limits: RunLimits;
   stream: { bufferEvents: number; pollIntervalMs: number };
+  leases: { graceMs: number; sweepMs: number };
   extraRedactKeys: string[];
 }
 
@@ -78,6 +93,7 @@ export function runsConfig(values: GroupValues<typeof runsSettings>): RunsConfig
       maxRunJsonBytes: values.maxRunJsonBytes,
     },
     stream: { bufferEvents: values.streamBufferEvents, pollIntervalMs: values.streamPollMs },
+    leases: { graceMs: values.leaseGraceMs, sweepMs: values.leaseSweepMs },
     extraRedactKeys: (values.redactKeys ?? "")
       .split(",")
       .map((k) => k.trim())

@@ -6,16 +6,21 @@ export interface CombiningQueueOptions<C, R> {
   slots: number;
   /** Most calls one group takes. */
   maxGroup: number;
-  /** Runs a group of calls as one unit; throws when the unit failed as a whole. */
+  /** Most bytes (by `sizeOf`) one group takes; a single larger call still goes, alone. */
+  maxGroupBytes?: number;
+  sizeOf?(call: C): number;
+  /** Runs a group of calls as one unit, settling each; throws when the unit failed as a whole. */
   runGroup(calls: readonly C[]): Promise<Settled<R>[]>;
-  /** Runs one call by itself: used for a group that failed as a whole, each of its calls again. */
+  /** Runs one call by itself. */
   runAlone(call: C): Promise<R>;
   /**
-   * Whether a group of one that failed as a whole is run again alone. No when running alone is
-   * the same as a group of one (the unit of work); yes when the alone path differs (the append
-   * statement's fallback handles races the combined statement leaves to it).
+   * Whether a group that failed as a whole certainly committed nothing, so that each of its calls
+   * may run again alone (a deadlock, a serialization failure, a conflict the alone path resolves).
+   * Anything else (a connection lost during the commit: did it commit?) fails every call of the
+   * group with the error, since running them again could apply them twice; callers retry with
+   * their idempotency keys.
    */
-  retrySingle: boolean;
+  retryAlone(err: unknown): boolean;
 }
 
 /**
@@ -23,8 +28,6 @@ export interface CombiningQueueOptions<C, R> {
  * works in one transaction) and the append path (many appends in one statement). Calls that
  * arrive while every slot is busy wait and then go together, as one group, into the next free
  * slot; so when calls do not overlap nothing waits, and under load each commit carries many calls.
- * A group that fails as a whole (a deadlock, a call's error that aborted the transaction) is
- * retried call by call, so that each call gets its own result or its own error.
  */
 export class CombiningQueue<C, R> {
   readonly #options: CombiningQueueOptions<C, R>;
@@ -51,7 +54,7 @@ export class CombiningQueue<C, R> {
 
   #pump(): void {
     while (this.#busy < this.#options.slots && this.#waiting.length > 0) {
-      const group = this.#waiting.splice(0, this.#options.maxGroup);
+      const group = this.#take();
       this.#busy++;
       this.#groups++;
       this.#calls += group.length;
@@ -62,13 +65,29 @@ export class CombiningQueue<C, R> {
     }
   }
 
+  /** The next group: in arrival order, up to the count and the byte budget. */
+  #take() {
+    const { maxGroup, maxGroupBytes, sizeOf } = this.#options;
+    if (maxGroupBytes === undefined || sizeOf === undefined) return this.#waiting.splice(0, maxGroup);
+    let bytes = 0;
+    let count = 0;
+    while (count < this.#waiting.length && count < maxGroup) {
+      const next = this.#waiting[count];
+      const size = next === undefined ? 0 : sizeOf(next.call);
+      if (count > 0 && bytes + size > maxGroupBytes) break;
+      bytes += size;
+      count++;
+    }
+    return this.#waiting.splice(0, count);
+  }
+
   async #run(group: Array<{ call: C; resolve(value: R): void; reject(err: unknown): void }>): Promise<void> {
     let settled: Settled<R>[];
     try {
       settled = await this.#options.runGroup(group.map((g) => g.call));
     } catch (err) {
-      if (group.length === 1 && !this.#options.retrySingle) {
-        group[0]?.reject(err);
+      if (!this.#options.retryAlone(err)) {
+        for (const pending of group) pending.reject(err);
         return;
       }
       for (const pending of group) {
@@ -84,3 +103,22 @@ export class CombiningQueue<C, R> {
     }
   }
 }
+
+/**
+ * SQLSTATEs after which PostgreSQL has certainly rolled the transaction (or statement) back and
+ * another try may succeed: deadlock, serialization failure, and a prepared plan gone stale under
+ * a schema change (db/prepared.ts prepares it afresh next time).
+ */
+const ROLLED_BACK = new Set(["40P01", "40001", "0A000"]);
+
+/** The SQLSTATE of a database error, looking through wrappers (MikroORM's exceptions). */
+export function sqlStateOf(err: unknown): string | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const code = (e as { code?: unknown; sqlState?: unknown }).sqlState ?? (e as { code?: unknown }).code;
+    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return code;
+  }
+  return undefined;
+}
+
+/** A deadlock, serialization failure or stale plan: nothing committed, and another try may succeed. */
+export const isTransientConflict = (err: unknown) => ROLLED_BACK.has(sqlStateOf(err) ?? "");

@@ -13,15 +13,36 @@ export function registerPrepared(text: string, name: string): void {
   namesByText.set(text, name);
 }
 
-/** A pg.Client that prepares registered statements; give it to the pool as `Client`. */
-export class PreparingClient extends pg.Client {}
+/** SQLSTATE of "cached plan must not change result type": a table changed under `select *`. */
+const PLAN_CHANGED = "0A000";
 
-const plainQuery = pg.Client.prototype.query as (...args: unknown[]) => unknown;
-PreparingClient.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+/** A pg.Client that prepares registered statements; give it to the pool as `Client`. */
+export class PreparingClient extends pg.Client {
+  /**
+   * Statements whose prepared plan went stale on this connection, with how often: a migration
+   * that adds a column makes a prepared `returning *` fail once, and the statement is prepared
+   * afresh under a new name rather than failing on every call until the replica restarts.
+   */
+  readonly replanned = new Map<string, number>();
+}
+
+const plainQuery = pg.Client.prototype.query as (...args: unknown[]) => Promise<unknown>;
+PreparingClient.prototype.query = function (this: PreparingClient, ...args: unknown[]) {
   const [text, values, callback] = args;
-  if (typeof text === "string" && Array.isArray(values)) {
-    const name = namesByText.get(text);
-    if (name !== undefined) return plainQuery.call(this, { name, text, values }, callback);
-  }
-  return plainQuery.apply(this, args);
+  const name =
+    typeof text === "string" && Array.isArray(values) && callback === undefined
+      ? namesByText.get(text)
+      : undefined;
+  if (name === undefined) return plainQuery.apply(this, args);
+  const named = () => {
+    const generation = this.replanned.get(name);
+    return { name: generation === undefined ? name : `${name}#${generation}`, text, values };
+  };
+  return plainQuery.call(this, named()).catch((err: { code?: string }) => {
+    if (err?.code !== PLAN_CHANGED) throw err;
+    this.replanned.set(name, (this.replanned.get(name) ?? 0) + 1);
+    // Outside a transaction the retry succeeds; inside one PostgreSQL has aborted it, the retry
+    // fails too, and the caller sees the first error (the unit of work then retries the call).
+    return plainQuery.call(this, named()).catch(() => Promise.reject(err));
+  });
 } as typeof pg.Client.prototype.query;

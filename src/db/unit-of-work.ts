@@ -1,6 +1,6 @@
 import type { EntityManager } from "@mikro-orm/postgresql";
 import type { Change, ChangeFeed } from "../feed/feed.ts";
-import { CombiningQueue } from "./combining-queue.ts";
+import { CombiningQueue, isTransientConflict, type Settled } from "./combining-queue.ts";
 import type { Database } from "./database.ts";
 import { col } from "./rows.ts";
 import { type QueryExecutor, SqlRunner, statement } from "./sql.ts";
@@ -53,22 +53,36 @@ export interface UnitOfWorkOptions {
   maxGroupSize: number;
 }
 
+/** A work of a group threw; the transaction rolled back. `index` is its place in the group. */
+class WorkFailed extends Error {
+  readonly index: number;
+  readonly error: unknown;
+
+  constructor(index: number, error: unknown) {
+    super("a work of a group failed");
+    this.index = index;
+    this.error = error;
+  }
+}
+
 /**
  * The one write path. Every store operation that writes runs inside `run`: one transaction, whose
  * feed changes are collected while it runs, handed to the feed inside the transaction (so a NOTIFY
  * commits with the data) and published after the commit; a transaction that rolls back publishes
  * nothing. Changes are coalesced per stream (the highest seq wins), so a transaction that appends
- * many events to a run notifies once.
+ * many events to a run notifies once. Stores never call the feed themselves; the one path that
+ * commits outside `run`, the combined append statement, goes through `committed` here.
  *
  * Group commit: when calls overlap, the ones that arrive while every transaction slot is busy run
  * one after another inside the next transaction and commit together, with one NOTIFY for all of
  * them (db/combining-queue.ts): PostgreSQL's commit (an fsync) and its notify lock (held through
  * the commit of every notifying transaction) are then paid once per group instead of once per
  * call. A call that arrives while a slot is free starts at once, so nothing waits when calls do not
- * overlap. Each call keeps its own result and its own error: if any call of a group fails (or the
- * commit does), nothing of the group is committed and each of its calls runs again alone, so a bad
- * request never fails its neighbours. Works therefore must have no effects outside the database but
- * what they `publish`.
+ * overlap. Each call keeps its own result and its own error: when a call fails, the transaction
+ * rolls back, that call gets its error (what it saw is what it would have seen running right after
+ * the calls before it) and the others run again, together, in a new transaction. A deadlock or a
+ * serialization failure instead sends every call of the group through again alone. Works must
+ * have no effects outside the database but what they `publish`, since they may run twice.
  */
 export class UnitOfWork {
   readonly #db: Database;
@@ -81,9 +95,15 @@ export class UnitOfWork {
     this.#queue = new CombiningQueue<Work<unknown>, unknown>({
       slots: options.concurrentGroups,
       maxGroup: options.maxGroupSize,
-      runGroup: async (works) => (await this.#transaction(works)).map((value) => ({ ok: true, value })),
-      runAlone: async (work) => (await this.#transaction([work]))[0],
-      retrySingle: false,
+      runGroup: (works) => this.#runGroup(works),
+      runAlone: async (work) => {
+        try {
+          return (await this.#transaction([work]))[0];
+        } catch (err) {
+          throw err instanceof WorkFailed ? err.error : err;
+        }
+      },
+      retryAlone: (err) => isTransientConflict(err instanceof WorkFailed ? err.error : err),
     });
   }
 
@@ -95,6 +115,39 @@ export class UnitOfWork {
   /** How much grouping happened, for tests and benchmarks. */
   stats(): { groups: number; calls: number } {
     return this.#queue.stats();
+  }
+
+  /**
+   * The NOTIFY channel, for a statement that commits by itself and notifies in its own SQL (the
+   * combined append); undefined for the in-process feed, which `committed` tells instead.
+   */
+  get notifyChannel(): string | undefined {
+    return this.#feed.notifyChannel;
+  }
+
+  /** Publishes the changes of a statement that committed outside `run` (the combined append). */
+  committed(changes: readonly Change[]): void {
+    if (changes.length > 0) this.#feed.committed(changes);
+  }
+
+  /** Works run together; a failing one is settled with its error and the rest run again. */
+  async #runGroup(works: readonly Work<unknown>[]): Promise<Settled<unknown>[]> {
+    const settled: Settled<unknown>[] = new Array(works.length);
+    let remaining = works.map((work, index) => ({ work, index }));
+    while (remaining.length > 0) {
+      try {
+        const values = await this.#transaction(remaining.map((r) => r.work));
+        for (const [k, r] of remaining.entries()) settled[r.index] = { ok: true, value: values[k] };
+        return settled;
+      } catch (err) {
+        if (!(err instanceof WorkFailed) || isTransientConflict(err.error)) throw err;
+        const failed = remaining[err.index];
+        if (failed === undefined) throw err;
+        settled[failed.index] = { ok: false, error: err.error };
+        remaining = remaining.filter((_, k) => k !== err.index);
+      }
+    }
+    return settled;
   }
 
   async #transaction(works: readonly Work<unknown>[]): Promise<unknown[]> {
@@ -113,11 +166,12 @@ export class UnitOfWork {
         if (previous === undefined || previous.seq < change.seq) staged.set(id, change);
       };
       const values: unknown[] = [];
-      for (const work of works) {
+      for (const [index, work] of works.entries()) {
         // Each call its own identity map: what one call read must not answer another's reads
         // after raw statements changed the rows.
+        const workEm = works.length === 1 ? em : em.fork({ keepTransactionContext: true, clear: true });
         const tx: Tx = {
-          em: works.length === 1 ? em : em.fork({ keepTransactionContext: true, clear: true }),
+          em: workEm,
           sql,
           publish,
           async nextVersion(tenant, stream) {
@@ -127,7 +181,13 @@ export class UnitOfWork {
             return row.version;
           },
         };
-        values.push(await work(tx));
+        try {
+          values.push(await work(tx));
+          // transactional() flushes only its own entity manager; a work's fork flushes here.
+          if (workEm !== em) await workEm.flush();
+        } catch (err) {
+          throw new WorkFailed(index, err);
+        }
       }
       if (staged.size > 0) await this.#feed.stage(sql, [...staged.values()]);
       return values;

@@ -7,10 +7,15 @@ import { createRedactor } from "../core/redact.ts";
 import { LogHub, VersionHub } from "../feed/stream-hub.ts";
 import { eventToProto, runToProto } from "../services/run-convert.ts";
 import { createRunService } from "../services/run-service.ts";
+import { CommandStore } from "../store/commands/commands.ts";
+import { commandEntities } from "../store/commands/entities.ts";
 import { eventEntities } from "../store/events/entities.ts";
 import { EventStore } from "../store/events/events.ts";
 import { runEventSource } from "../store/events/stream.ts";
+import { ClaimStore } from "../store/runs/claims.ts";
+import { PendingRunSignal } from "../store/runs/dispatch.ts";
 import { runEntities } from "../store/runs/entities.ts";
+import { LeaseRecovery } from "../store/runs/recovery.ts";
 import { RunStore } from "../store/runs/runs.ts";
 import { UsageStore } from "../store/runs/usage.ts";
 import { runVersionSource } from "../store/runs/watch.ts";
@@ -24,17 +29,25 @@ const RUN_CHANGE_BUFFER = 256;
 /** RunService: runs, their event logs and token usage; StreamRunEvents and WatchRuns. */
 export const runsModule: Module = {
   name: "runs",
-  entities: [...runEntities, ...eventEntities],
+  entities: [...runEntities, ...eventEntities, ...commandEntities],
   mount({ config, db, uow, feed, paging, logger }) {
     const settings = config.runs;
     const events = new EventStore(db, uow, paging, {
       limits: settings.limits,
       redact: createRedactor(settings.extraRedactKeys),
-      feed,
       writeSlots: config.database.writeGroups,
     });
     const runs = new RunStore(db, uow, paging, settings.limits);
     const usage = new UsageStore(db);
+    const pending = new PendingRunSignal(feed);
+    const claims = new ClaimStore(db, uow, pending);
+    const commands = new CommandStore(db, uow, paging, settings.limits.maxEventBytes);
+    const recovery = new LeaseRecovery(
+      uow,
+      { graceMs: settings.leases.graceMs, intervalMs: settings.leases.sweepMs },
+      logger,
+    );
+    recovery.start();
     const eventHub = new LogHub<RunEvent>(
       runEventSource(events, eventToProto),
       feed,
@@ -60,7 +73,14 @@ export const runsModule: Module = {
     return {
       services: [RunService],
       routes: (router) =>
-        router.service(RunService, createRunService({ runs, events, usage, eventHub, runHub })),
+        router.service(
+          RunService,
+          createRunService({ runs, events, usage, claims, commands, eventHub, runHub }),
+        ),
+      async close() {
+        pending.close();
+        await recovery.stop();
+      },
       hubs: new Map<string, LogHub<unknown> | VersionHub<unknown>>([
         ["run-events", eventHub as LogHub<unknown>],
         ["runs", runHub as VersionHub<unknown>],

@@ -1,7 +1,14 @@
 import { create } from "@bufbuild/protobuf";
 import { type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import {
+  type Command as CommandProto,
+  CommandSchema,
+  CommandState as CommandStateProto,
+  CommandType as CommandTypeProto,
+} from "../../gen/agentstore/v1/command_pb.ts";
 import { type RunEvent, RunEventSchema } from "../../gen/agentstore/v1/run_event_pb.ts";
 import {
+  LeaseLostPolicy,
   MultitaskStrategy,
   type Run,
   RunSchema,
@@ -9,6 +16,7 @@ import {
   type TokenUsage,
   TokenUsageSchema,
 } from "../../gen/agentstore/v1/run_pb.ts";
+import type * as commands from "../store/commands/model.ts";
 import type { StoredEvent } from "../store/events/events.ts";
 import type * as runs from "../store/runs/model.ts";
 
@@ -45,6 +53,10 @@ export function terminalStatusFromProto(status: RunStatus): runs.TerminalStatus 
     throw new Error(`status ${status} is not terminal`);
   }
   return value as runs.TerminalStatus;
+}
+
+export function leasePolicyFromProto(policy: LeaseLostPolicy): runs.LeaseLostPolicy {
+  return policy === LeaseLostPolicy.REQUEUE ? "requeue" : "fail";
 }
 
 export function strategyFromProto(strategy: MultitaskStrategy): runs.MultitaskStrategy {
@@ -124,6 +136,61 @@ export function runToProto(run: runs.Run): Run {
     startTime: ts(run.startedAt),
     finishTime: ts(run.finishedAt),
     version: BigInt(run.version),
+    labels: run.labels,
+    leaseLostPolicy: run.leaseLostPolicy === "requeue" ? LeaseLostPolicy.REQUEUE : LeaseLostPolicy.FAIL,
+    lastCommandSeq: BigInt(run.lastCommandSeq),
+  });
+}
+
+const COMMAND_TYPE_TO_PROTO: Record<commands.CommandType, CommandTypeProto> = {
+  turn: CommandTypeProto.TURN,
+  steer: CommandTypeProto.STEER,
+  cancel: CommandTypeProto.CANCEL,
+  custom: CommandTypeProto.CUSTOM,
+};
+const COMMAND_TYPE_FROM_PROTO = new Map(
+  Object.entries(COMMAND_TYPE_TO_PROTO).map(([k, v]) => [v, k as commands.CommandType]),
+);
+
+const COMMAND_STATE_TO_PROTO: Record<commands.CommandState, CommandStateProto> = {
+  pending: CommandStateProto.PENDING,
+  acknowledged: CommandStateProto.ACKNOWLEDGED,
+  completed: CommandStateProto.COMPLETED,
+  failed: CommandStateProto.FAILED,
+  cancelled: CommandStateProto.CANCELLED,
+};
+const COMMAND_STATE_FROM_PROTO = new Map(
+  Object.entries(COMMAND_STATE_TO_PROTO).map(([k, v]) => [v, k as commands.CommandState]),
+);
+
+export function commandTypeFromProto(type: CommandTypeProto): commands.CommandType {
+  const value = COMMAND_TYPE_FROM_PROTO.get(type);
+  // protovalidate admits only defined, non-zero types.
+  if (value === undefined) throw new Error(`command type ${type} is not defined`);
+  return value;
+}
+
+export function commandStateFromProto(state: CommandStateProto): commands.CommandState | undefined {
+  return COMMAND_STATE_FROM_PROTO.get(state);
+}
+
+export function commandToProto(command: commands.Command): CommandProto {
+  return create(CommandSchema, {
+    commandId: command.id,
+    runId: command.runId,
+    seq: BigInt(command.seq),
+    type: COMMAND_TYPE_TO_PROTO[command.type],
+    customType: command.customType ?? "",
+    payload: command.payload as CommandProto["payload"],
+    idempotencyKey: command.idempotencyKey ?? "",
+    state: COMMAND_STATE_TO_PROTO[command.state],
+    result: (command.result ?? undefined) as CommandProto["result"],
+    failureKind: command.failureKind ?? "",
+    failureMessage: command.failureMessage ?? "",
+    createTime: ts(command.createdAt),
+    ackTime: ts(command.ackedAt),
+    finishTime: ts(command.finishedAt),
+    updateTime: ts(command.updatedAt),
   });
 }
 

@@ -2,21 +2,33 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { CommandState } from "../../gen/agentstore/v1/command_pb.ts";
 import { type RunEvent, RunEventSchema } from "../../gen/agentstore/v1/run_event_pb.ts";
 import type { Run as RunProto } from "../../gen/agentstore/v1/run_pb.ts";
 import {
+  AckCommandResponseSchema,
   AppendRunEventsResponseSchema,
+  CancelCommandResponseSchema,
   CancelRunResponseSchema,
+  ClaimNextRunResponseSchema,
+  ClaimRunResponseSchema,
+  CreateCommandResponseSchema,
   CreateRunResponseSchema,
   DeleteRunResponseSchema,
+  FinishCommandResponseSchema,
   FinishRunResponseSchema,
+  GetCommandResponseSchema,
   GetRunResponseSchema,
   GetThreadUsageResponseSchema,
+  ListCommandsResponseSchema,
   ListInflightRunsResponseSchema,
   ListRunEventsResponseSchema,
   ListRunsResponseSchema,
   ModelUsageSchema,
+  ReleaseRunResponseSchema,
+  RenewRunLeaseResponseSchema,
   type RunService,
+  StreamCommandsResponseSchema,
   type StreamRunEventsResponse,
   StreamRunEventsResponseSchema,
   UpdateRunProgressResponseSchema,
@@ -25,15 +37,23 @@ import {
 import { DomainError, invalidArgument } from "../core/errors.ts";
 import type { LogHub, VersionHub } from "../feed/stream-hub.ts";
 import { tenantOf } from "../server/auth.ts";
+import type { CommandStore } from "../store/commands/commands.ts";
 import type { EventStore } from "../store/events/events.ts";
+import { SERVER_EVENT } from "../store/events/server-events.ts";
+import type { ClaimStore } from "../store/runs/claims.ts";
+import { notLeaseHolder } from "../store/runs/errors.ts";
 import { isTerminal, RUNS_STREAM } from "../store/runs/model.ts";
 import type { RunStore } from "../store/runs/runs.ts";
 import type { UsageStore } from "../store/runs/usage.ts";
 import {
+  commandStateFromProto,
+  commandToProto,
+  commandTypeFromProto,
   dateFromProto,
   emptyToNull,
   emptyToUndefined,
   eventToProto,
+  leasePolicyFromProto,
   positionFromProto,
   runToProto,
   statusFromProto,
@@ -42,11 +62,14 @@ import {
   usageFromProto,
   usageToProto,
 } from "./run-convert.ts";
+import { msFromDuration } from "./runner-convert.ts";
 
 export interface RunServiceDeps {
   runs: RunStore;
   events: EventStore;
   usage: UsageStore;
+  claims: ClaimStore;
+  commands: CommandStore;
   /** Live run event logs (StreamRunEvents). */
   eventHub: LogHub<RunEvent>;
   /** Live run changes in version order (WatchRuns). */
@@ -85,12 +108,25 @@ function encodedOnce(event: RunEvent): StreamRunEventsResponse {
 /** StreamRunEventsResponse.event */
 const EVENT_FIELD_NUMBER = 1;
 
+/** A claim lasts this long unless the request says otherwise. */
+const DEFAULT_LEASE_MS = 30_000;
+
+const commandIdOf = (req: { commandId: string }) => req.commandId.toLowerCase();
+
+/** Whether an event of the run's log took the run away from the runner. */
+function lostHold(type: string, payload: { [k: string]: unknown } | undefined, runnerId: string): boolean {
+  if (type === SERVER_EVENT.claim) return payload?.runner_id !== runnerId;
+  if (type === SERVER_EVENT.release || type === SERVER_EVENT.leaseLost)
+    return payload?.runner_id === runnerId;
+  return false;
+}
+
 /**
  * RunService: (protovalidate and the request guards already ran in the interceptors) map -> store
  * -> map. The tenant always comes from the caller's credentials (tenantOf), never from the request.
  */
 export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunService> {
-  const { runs, events, usage, eventHub, runHub } = deps;
+  const { runs, events, usage, claims, commands, eventHub, runHub } = deps;
   return {
     async createRun(req, ctx) {
       const run = req.run;
@@ -108,6 +144,8 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
           metadata: run.metadata ?? {},
           input: run.input ?? {},
           multitaskStrategy: strategyFromProto(run.multitaskStrategy),
+          labels: run.labels,
+          leaseLostPolicy: leasePolicyFromProto(run.leaseLostPolicy),
         },
         emptyToNull(req.requestId),
       );
@@ -257,6 +295,17 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
         project: emptyToUndefined(req.project),
       };
       const start = req.fromNow ? "now" : positionFromProto(req.afterVersion);
+      if (start !== "now" && start > 0) {
+        const head = await runs.watchHead(tenant);
+        if (start > head) {
+          throw new DomainError(
+            "OUT_OF_RANGE",
+            "VERSION_OUT_OF_RANGE",
+            `after_version ${req.afterVersion} is beyond the newest version ${head}`,
+            { version: String(head) },
+          );
+        }
+      }
       for await (const entry of runHub.follow(tenant, RUNS_STREAM, start, ctx.signal)) {
         const run = entry.value;
         if (
@@ -268,6 +317,142 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
         ) {
           yield create(WatchRunsResponseSchema, { run, version: BigInt(entry.seq) });
         }
+      }
+    },
+
+    async claimRun(req, ctx) {
+      const { run, takeover } = await claims.claim(
+        tenantOf(ctx),
+        runIdOf(req),
+        req.runnerId,
+        msFromDuration(req.lease, DEFAULT_LEASE_MS),
+      );
+      return create(ClaimRunResponseSchema, { run: runToProto(run), takeover });
+    },
+
+    async claimNextRun(req, ctx) {
+      const filter = req.filter;
+      const run = await claims.claimNextWaiting(
+        tenantOf(ctx),
+        req.runnerId,
+        {
+          assistantId: emptyToNull(filter?.assistantId ?? ""),
+          backendProfile: emptyToNull(filter?.backendProfile ?? ""),
+          project: emptyToNull(filter?.project ?? ""),
+          labels: filter?.labels ?? {},
+        },
+        msFromDuration(req.lease, DEFAULT_LEASE_MS),
+        msFromDuration(req.wait, 0),
+        ctx.signal,
+      );
+      return create(ClaimNextRunResponseSchema, { run: run === undefined ? undefined : runToProto(run) });
+    },
+
+    async renewRunLease(req, ctx) {
+      const run = await claims.renew(
+        tenantOf(ctx),
+        runIdOf(req),
+        req.runnerId,
+        msFromDuration(req.lease, DEFAULT_LEASE_MS),
+      );
+      return create(RenewRunLeaseResponseSchema, { run: runToProto(run) });
+    },
+
+    async releaseRun(req, ctx) {
+      const run = await claims.release(tenantOf(ctx), runIdOf(req), req.runnerId, req.reason);
+      return create(ReleaseRunResponseSchema, { run: runToProto(run) });
+    },
+
+    async createCommand(req, ctx) {
+      const type = commandTypeFromProto(req.type);
+      if ((type === "custom") !== (req.customType !== "")) {
+        throw invalidArgument(
+          "INVALID_ARGUMENT",
+          "custom_type names the kind of a CUSTOM command, and only of one",
+          { field: "custom_type" },
+        );
+      }
+      const command = await commands.create(tenantOf(ctx), runIdOf(req), {
+        type,
+        customType: emptyToNull(req.customType),
+        payload: req.payload ?? {},
+        idempotencyKey: emptyToNull(req.idempotencyKey),
+      });
+      return create(CreateCommandResponseSchema, { command: commandToProto(command) });
+    },
+
+    async getCommand(req, ctx) {
+      const command = await commands.get(tenantOf(ctx), commandIdOf(req));
+      return create(GetCommandResponseSchema, { command: commandToProto(command) });
+    },
+
+    async listCommands(req, ctx) {
+      const page = await commands.list(
+        tenantOf(ctx),
+        runIdOf(req),
+        { afterSeq: positionFromProto(req.afterSeq), state: commandStateFromProto(req.state) },
+        req,
+      );
+      return create(ListCommandsResponseSchema, {
+        commands: page.items.map(commandToProto),
+        nextPageToken: page.nextPageToken,
+      });
+    },
+
+    async ackCommand(req, ctx) {
+      const { command, changed } = await commands.ack(tenantOf(ctx), commandIdOf(req));
+      return create(AckCommandResponseSchema, { command: commandToProto(command), changed });
+    },
+
+    async finishCommand(req, ctx) {
+      const { command, changed } = await commands.finish(tenantOf(ctx), commandIdOf(req), {
+        state: req.state === CommandState.COMPLETED ? "completed" : "failed",
+        result: req.result ?? null,
+        failureKind: emptyToNull(req.failureKind),
+        failureMessage: emptyToNull(req.failureMessage),
+      });
+      return create(FinishCommandResponseSchema, { command: commandToProto(command), changed });
+    },
+
+    async cancelCommand(req, ctx) {
+      const { command, changed } = await commands.cancel(tenantOf(ctx), commandIdOf(req), req.reason);
+      return create(CancelCommandResponseSchema, { command: commandToProto(command), changed });
+    },
+
+    async *streamCommands(req, ctx) {
+      const tenant = tenantOf(ctx);
+      const runId = runIdOf(req);
+      const run = await claims.holds(tenant, runId, req.runnerId);
+      const afterSeq = positionFromProto(req.afterSeq);
+      if (afterSeq > run.lastCommandSeq) {
+        throw new DomainError(
+          "OUT_OF_RANGE",
+          "SEQ_OUT_OF_RANGE",
+          `after_seq ${req.afterSeq} is beyond the run's last command seq ${run.lastCommandSeq}`,
+          { run_id: runId, last_command_seq: String(run.lastCommandSeq) },
+        );
+      }
+      // Commands are announced in the run's log: follow it from the announcement of after_seq.
+      const fromEvent = afterSeq === 0 ? 0 : ((await commands.eventSeqOf(tenant, runId, afterSeq)) ?? 0);
+      if (isTerminal(run.status) && fromEvent >= run.lastSeq) return;
+      // Hand-overs before the runner's current claim are history; only later ones end its stream.
+      const tenureFrom = isTerminal(run.status)
+        ? Number.POSITIVE_INFINITY
+        : ((await events.latestClaimBy(tenant, runId, req.runnerId)) ?? 0);
+      for await (const entry of eventHub.follow(tenant, runId, fromEvent, ctx.signal)) {
+        const { type, payload } = entry.value;
+        if (type === SERVER_EVENT.command) {
+          if (Number(payload?.command_seq) <= afterSeq) continue;
+          const command = await commands.get(tenant, String(payload?.command_id));
+          yield create(StreamCommandsResponseSchema, { command: commandToProto(command) });
+        } else if (entry.seq > tenureFrom && lostHold(type, payload, req.runnerId)) {
+          throw notLeaseHolder(
+            runId,
+            req.runnerId,
+            type === SERVER_EVENT.claim ? String(payload?.runner_id) : null,
+          );
+        }
+        if (entry.terminal) return;
       }
     },
   };

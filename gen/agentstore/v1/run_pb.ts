@@ -13,7 +13,7 @@ import type { JsonObject, Message, UnknownEnum } from "@bufbuild/protobuf";
  * Describes the file agentstore/v1/run.proto.
  */
 export const file_agentstore_v1_run: GenFile = /*@__PURE__*/
-  fileDesc("ChdhZ2VudHN0b3JlL3YxL3J1bi5wcm90bxINYWdlbnRzdG9yZS52MSKSBwoDUnVuEg4KBnJ1bl9pZBgBIAEoCRIbCgl0aHJlYWRfaWQYAiABKAlCCLpIBXIDGIACEhwKCnNlc3Npb25faWQYAyABKAlCCLpIBXIDGIACEh4KDGFzc2lzdGFudF9pZBgEIAEoCUIIukgFcgMYgAISGQoHdXNlcl9pZBgFIAEoCUIIukgFcgMYgAISGQoHcHJvamVjdBgGIAEoCUIIukgFcgMYgAISHAoKbW9kZWxfbmFtZRgHIAEoCUIIukgFcgMYgAISIQoPYmFja2VuZF9wcm9maWxlGAggASgJQgi6SAVyAxiAAhIpCghtZXRhZGF0YRgJIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoFaW5wdXQYCiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjwKEm11bHRpdGFza19zdHJhdGVneRgLIAEoDjIgLmFnZW50c3RvcmUudjEuTXVsdGl0YXNrU3RyYXRlZ3kSKAoGc3RhdHVzGAwgASgOMhguYWdlbnRzdG9yZS52MS5SdW5TdGF0dXMSFAoMZmFpbHVyZV9raW5kGA0gASgJEhcKD2ZhaWx1cmVfbWVzc2FnZRgOIAEoCRIRCglydW5uZXJfaWQYDyABKAkSNQoRbGVhc2VfZXhwaXJlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBXVzYWdlGBEgASgLMhkuYWdlbnRzdG9yZS52MS5Ub2tlblVzYWdlEhUKDW1lc3NhZ2VfY291bnQYEiABKAMSGwoTZmlyc3RfaHVtYW5fbWVzc2FnZRgTIAEoCRIXCg9sYXN0X2FpX21lc3NhZ2UYFCABKAkSFgoObGFzdF9ldmVudF9zZXEYFSABKAMSEgoKcmVxdWVzdF9pZBgWIAEoCRIvCgtjcmVhdGVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYGCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYGSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaF90aW1lGBogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGBsgASgDIvUBCgpUb2tlblVzYWdlEh0KDGlucHV0X3Rva2VucxgBIAEoA0IHukgEIgIoABIeCg1vdXRwdXRfdG9rZW5zGAIgASgDQge6SAQiAigAEh0KDHRvdGFsX3Rva2VucxgDIAEoA0IHukgEIgIoABIfCg5sbG1fY2FsbF9jb3VudBgEIAEoA0IHukgEIgIoABIiChFsZWFkX2FnZW50X3Rva2VucxgFIAEoA0IHukgEIgIoABIgCg9zdWJhZ2VudF90b2tlbnMYBiABKANCB7pIBCICKAASIgoRbWlkZGxld2FyZV90b2tlbnMYByABKANCB7pIBCICKAAq0gEKCVJ1blN0YXR1cxIaChZSVU5fU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSUlVOX1NUQVRVU19QRU5ESU5HEAESFgoSUlVOX1NUQVRVU19DTEFJTUVEEAISFgoSUlVOX1NUQVRVU19SVU5OSU5HEAMSGAoUUlVOX1NUQVRVU19DT01QTEVURUQQBBIVChFSVU5fU1RBVFVTX0ZBSUxFRBAFEhYKElJVTl9TVEFUVVNfQkxPQ0tFRBAGEhgKFFJVTl9TVEFUVVNfQ0FOQ0VMTEVEEAcqmAEKEU11bHRpdGFza1N0cmF0ZWd5EiIKHk1VTFRJVEFTS19TVFJBVEVHWV9VTlNQRUNJRklFRBAAEh0KGU1VTFRJVEFTS19TVFJBVEVHWV9SRUpFQ1QQARIeChpNVUxUSVRBU0tfU1RSQVRFR1lfRU5RVUVVRRACEiAKHE1VTFRJVEFTS19TVFJBVEVHWV9JTlRFUlJVUFQQA2IGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChdhZ2VudHN0b3JlL3YxL3J1bi5wcm90bxINYWdlbnRzdG9yZS52MSLqCAoDUnVuEg4KBnJ1bl9pZBgBIAEoCRIbCgl0aHJlYWRfaWQYAiABKAlCCLpIBXIDGIACEhwKCnNlc3Npb25faWQYAyABKAlCCLpIBXIDGIACEh4KDGFzc2lzdGFudF9pZBgEIAEoCUIIukgFcgMYgAISGQoHdXNlcl9pZBgFIAEoCUIIukgFcgMYgAISGQoHcHJvamVjdBgGIAEoCUIIukgFcgMYgAISHAoKbW9kZWxfbmFtZRgHIAEoCUIIukgFcgMYgAISIQoPYmFja2VuZF9wcm9maWxlGAggASgJQgi6SAVyAxiAAhIpCghtZXRhZGF0YRgJIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoFaW5wdXQYCiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjwKEm11bHRpdGFza19zdHJhdGVneRgLIAEoDjIgLmFnZW50c3RvcmUudjEuTXVsdGl0YXNrU3RyYXRlZ3kSKAoGc3RhdHVzGAwgASgOMhguYWdlbnRzdG9yZS52MS5SdW5TdGF0dXMSFAoMZmFpbHVyZV9raW5kGA0gASgJEhcKD2ZhaWx1cmVfbWVzc2FnZRgOIAEoCRIRCglydW5uZXJfaWQYDyABKAkSNQoRbGVhc2VfZXhwaXJlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBXVzYWdlGBEgASgLMhkuYWdlbnRzdG9yZS52MS5Ub2tlblVzYWdlEhUKDW1lc3NhZ2VfY291bnQYEiABKAMSGwoTZmlyc3RfaHVtYW5fbWVzc2FnZRgTIAEoCRIXCg9sYXN0X2FpX21lc3NhZ2UYFCABKAkSFgoObGFzdF9ldmVudF9zZXEYFSABKAMSEgoKcmVxdWVzdF9pZBgWIAEoCRIvCgtjcmVhdGVfdGltZRgXIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYGCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0X3RpbWUYGSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaF90aW1lGBogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd2ZXJzaW9uGBsgASgDEkgKBmxhYmVscxgcIAMoCzIeLmFnZW50c3RvcmUudjEuUnVuLkxhYmVsc0VudHJ5Qhi6SBWaARIQQCIHcgUQARiAASoFcgMYgAISQwoRbGVhc2VfbG9zdF9wb2xpY3kYHSABKA4yHi5hZ2VudHN0b3JlLnYxLkxlYXNlTG9zdFBvbGljeUIIukgFggECEAESGAoQbGFzdF9jb21tYW5kX3NlcRgeIAEoAxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIvUBCgpUb2tlblVzYWdlEh0KDGlucHV0X3Rva2VucxgBIAEoA0IHukgEIgIoABIeCg1vdXRwdXRfdG9rZW5zGAIgASgDQge6SAQiAigAEh0KDHRvdGFsX3Rva2VucxgDIAEoA0IHukgEIgIoABIfCg5sbG1fY2FsbF9jb3VudBgEIAEoA0IHukgEIgIoABIiChFsZWFkX2FnZW50X3Rva2VucxgFIAEoA0IHukgEIgIoABIgCg9zdWJhZ2VudF90b2tlbnMYBiABKANCB7pIBCICKAASIgoRbWlkZGxld2FyZV90b2tlbnMYByABKANCB7pIBCICKAAqbwoPTGVhc2VMb3N0UG9saWN5EiEKHUxFQVNFX0xPU1RfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGgoWTEVBU0VfTE9TVF9QT0xJQ1lfRkFJTBABEh0KGUxFQVNFX0xPU1RfUE9MSUNZX1JFUVVFVUUQAirSAQoJUnVuU3RhdHVzEhoKFlJVTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJSVU5fU1RBVFVTX1BFTkRJTkcQARIWChJSVU5fU1RBVFVTX0NMQUlNRUQQAhIWChJSVU5fU1RBVFVTX1JVTk5JTkcQAxIYChRSVU5fU1RBVFVTX0NPTVBMRVRFRBAEEhUKEVJVTl9TVEFUVVNfRkFJTEVEEAUSFgoSUlVOX1NUQVRVU19CTE9DS0VEEAYSGAoUUlVOX1NUQVRVU19DQU5DRUxMRUQQByqYAQoRTXVsdGl0YXNrU3RyYXRlZ3kSIgoeTVVMVElUQVNLX1NUUkFURUdZX1VOU1BFQ0lGSUVEEAASHQoZTVVMVElUQVNLX1NUUkFURUdZX1JFSkVDVBABEh4KGk1VTFRJVEFTS19TVFJBVEVHWV9FTlFVRVVFEAISIAocTVVMVElUQVNLX1NUUkFURUdZX0lOVEVSUlVQVBADYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * One execution of an agent: what was asked, who runs it, how it ended and what it cost.
@@ -216,6 +216,27 @@ export type Run = Message<"agentstore.v1.Run"> & {
    * @generated from field: int64 version = 27;
    */
   version: bigint;
+
+  /**
+   * Labels a runner can select the run by (RunService.ClaimNextRun's filter).
+   *
+   * @generated from field: map<string, string> labels = 28;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * What happens when the runner holding the run stops renewing its lease (and the grace passes).
+   *
+   * @generated from field: agentstore.v1.LeaseLostPolicy lease_lost_policy = 29;
+   */
+  leaseLostPolicy: LeaseLostPolicy;
+
+  /**
+   * Seq of the run's newest command (0 when it has none). Output only.
+   *
+   * @generated from field: int64 last_command_seq = 30;
+   */
+  lastCommandSeq: bigint;
 };
 
 /**
@@ -288,6 +309,47 @@ export type TokenUsage = Message<"agentstore.v1.TokenUsage"> & {
  */
 export const TokenUsageSchema: GenMessage<TokenUsage> = /*@__PURE__*/
   messageDesc(file_agentstore_v1_run, 1);
+
+/**
+ * What lease recovery does with a run whose runner went silent.
+ *
+ * @generated from enum agentstore.v1.LeaseLostPolicy
+ */
+export const LeaseLostPolicy = {
+  /**
+   * Same as FAIL.
+   *
+   * @generated from enum value: LEASE_LOST_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED: 0,
+
+  /**
+   * End the run FAILED with failure kind "runner_lost" (its terminal event ends open streams).
+   *
+   * @generated from enum value: LEASE_LOST_POLICY_FAIL = 1;
+   */
+  FAIL: 1,
+
+  /**
+   * Put the run back to PENDING, for another runner to claim.
+   *
+   * @generated from enum value: LEASE_LOST_POLICY_REQUEUE = 2;
+   */
+  REQUEUE: 2,
+} as const;
+
+/**
+ * What lease recovery does with a run whose runner went silent.
+ *
+ * @generated from enum agentstore.v1.LeaseLostPolicy
+ */
+export type LeaseLostPolicy = (typeof LeaseLostPolicy)[keyof typeof LeaseLostPolicy] | UnknownEnum;
+
+/**
+ * Describes the enum agentstore.v1.LeaseLostPolicy.
+ */
+export const LeaseLostPolicySchema: GenEnum<LeaseLostPolicy> = /*@__PURE__*/
+  enumDesc(file_agentstore_v1_run, 0);
 
 /**
  * Lifecycle status of a run.
@@ -363,7 +425,7 @@ export type RunStatus = (typeof RunStatus)[keyof typeof RunStatus] | UnknownEnum
  * Describes the enum agentstore.v1.RunStatus.
  */
 export const RunStatusSchema: GenEnum<RunStatus> = /*@__PURE__*/
-  enumDesc(file_agentstore_v1_run, 0);
+  enumDesc(file_agentstore_v1_run, 1);
 
 /**
  * What CreateRun does when the thread already has a run that is pending, claimed or running.
@@ -413,5 +475,5 @@ export type MultitaskStrategy = (typeof MultitaskStrategy)[keyof typeof Multitas
  * Describes the enum agentstore.v1.MultitaskStrategy.
  */
 export const MultitaskStrategySchema: GenEnum<MultitaskStrategy> = /*@__PURE__*/
-  enumDesc(file_agentstore_v1_run, 1);
+  enumDesc(file_agentstore_v1_run, 2);
 

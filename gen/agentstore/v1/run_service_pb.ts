@@ -4,20 +4,22 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Command, CommandState, CommandType } from "./command_pb.ts";
+import { file_agentstore_v1_command } from "./command_pb.ts";
 import type { Run, RunStatus, TokenUsage } from "./run_pb.ts";
 import { file_agentstore_v1_run } from "./run_pb.ts";
 import type { RunEvent } from "./run_event_pb.ts";
 import { file_agentstore_v1_run_event } from "./run_event_pb.ts";
 import { file_buf_validate_validate } from "../../buf/validate/validate_pb.ts";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file agentstore/v1/run_service.proto.
  */
 export const file_agentstore_v1_run_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9hZ2VudHN0b3JlL3YxL3J1bl9zZXJ2aWNlLnByb3RvEg1hZ2VudHN0b3JlLnYxIlkKEENyZWF0ZVJ1blJlcXVlc3QSJwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW5CBrpIA8gBARIcCgpyZXF1ZXN0X2lkGAIgASgJQgi6SAVyAxiAASI0ChFDcmVhdGVSdW5SZXNwb25zZRIfCgNydW4YASABKAsyEi5hZ2VudHN0b3JlLnYxLlJ1biIpCg1HZXRSdW5SZXF1ZXN0EhgKBnJ1bl9pZBgBIAEoCUIIukgFcgOwAQEiMQoOR2V0UnVuUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4i1QEKD0xpc3RSdW5zUmVxdWVzdBIbCgl0aHJlYWRfaWQYASABKAlCCLpIBXIDGIACEhwKCnNlc3Npb25faWQYAiABKAlCCLpIBXIDGIACEhkKB3VzZXJfaWQYAyABKAlCCLpIBXIDGIACEjIKBnN0YXR1cxgEIAEoDjIYLmFnZW50c3RvcmUudjEuUnVuU3RhdHVzQgi6SAWCAQIQARIaCglwYWdlX3NpemUYBSABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgGIAEoCUIIukgFcgMYgAgiTQoQTGlzdFJ1bnNSZXNwb25zZRIgCgRydW5zGAEgAygLMhIuYWdlbnRzdG9yZS52MS5SdW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkYKEENhbmNlbFJ1blJlcXVlc3QSGAoGcnVuX2lkGAEgASgJQgi6SAVyA7ABARIYCgZyZWFzb24YAiABKAlCCLpIBXIDGIAgIkUKEUNhbmNlbFJ1blJlc3BvbnNlEh8KA3J1bhgBIAEoCzISLmFnZW50c3RvcmUudjEuUnVuEg8KB2NoYW5nZWQYAiABKAgiQwoQRGVsZXRlUnVuUmVxdWVzdBIYCgZydW5faWQYASABKAlCCLpIBXIDsAEBEhUKDWFsbG93X21pc3NpbmcYAiABKAgiEwoRRGVsZXRlUnVuUmVzcG9uc2UijAMKEEZpbmlzaFJ1blJlcXVlc3QSGAoGcnVuX2lkGAEgASgJQgi6SAVyA7ABARI4CgZzdGF0dXMYAiABKA4yGC5hZ2VudHN0b3JlLnYxLlJ1blN0YXR1c0IOukgLggEIGAQYBRgGGAcSHQoMZmFpbHVyZV9raW5kGAMgASgJQge6SARyAhhAEiIKD2ZhaWx1cmVfbWVzc2FnZRgEIAEoCUIJukgGcgQYgIAEEigKBXVzYWdlGAUgASgLMhkuYWdlbnRzdG9yZS52MS5Ub2tlblVzYWdlEiMKDW1lc3NhZ2VfY291bnQYBiABKANCB7pIBCICKABIAIgBARIrChNmaXJzdF9odW1hbl9tZXNzYWdlGAcgASgJQgm6SAZyBBiAgARIAYgBARInCg9sYXN0X2FpX21lc3NhZ2UYCCABKAlCCbpIBnIEGICABEgCiAEBQhAKDl9tZXNzYWdlX2NvdW50QhYKFF9maXJzdF9odW1hbl9tZXNzYWdlQhIKEF9sYXN0X2FpX21lc3NhZ2UiRQoRRmluaXNoUnVuUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4SDwoHY2hhbmdlZBgCIAEoCCLJAgoYVXBkYXRlUnVuUHJvZ3Jlc3NSZXF1ZXN0EhgKBnJ1bl9pZBgBIAEoCUIIukgFcgOwAQESKAoFdXNhZ2UYAiABKAsyGS5hZ2VudHN0b3JlLnYxLlRva2VuVXNhZ2USIwoNbWVzc2FnZV9jb3VudBgDIAEoA0IHukgEIgIoAEgAiAEBEisKE2ZpcnN0X2h1bWFuX21lc3NhZ2UYBCABKAlCCbpIBnIEGICABEgBiAEBEicKD2xhc3RfYWlfbWVzc2FnZRgFIAEoCUIJukgGcgQYgIAESAKIAQESIQoKbW9kZWxfbmFtZRgGIAEoCUIIukgFcgMYgAJIA4gBAUIQCg5fbWVzc2FnZV9jb3VudEIWChRfZmlyc3RfaHVtYW5fbWVzc2FnZUISChBfbGFzdF9haV9tZXNzYWdlQg0KC19tb2RlbF9uYW1lIjwKGVVwZGF0ZVJ1blByb2dyZXNzUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4iTgoVR2V0VGhyZWFkVXNhZ2VSZXF1ZXN0Eh0KCXRocmVhZF9pZBgBIAEoCUIKukgHcgUQARiAAhIWCg5pbmNsdWRlX2FjdGl2ZRgCIAEoCCL6AQoWR2V0VGhyZWFkVXNhZ2VSZXNwb25zZRIRCgl0aHJlYWRfaWQYASABKAkSEgoKdG90YWxfcnVucxgCIAEoAxIoCgV1c2FnZRgDIAEoCzIZLmFnZW50c3RvcmUudjEuVG9rZW5Vc2FnZRJECghieV9tb2RlbBgEIAMoCzIyLmFnZW50c3RvcmUudjEuR2V0VGhyZWFkVXNhZ2VSZXNwb25zZS5CeU1vZGVsRW50cnkaSQoMQnlNb2RlbEVudHJ5EgsKA2tleRgBIAEoCRIoCgV2YWx1ZRgCIAEoCzIZLmFnZW50c3RvcmUudjEuTW9kZWxVc2FnZToCOAEiXQoKTW9kZWxVc2FnZRIMCgRydW5zGAEgASgDEhQKDGlucHV0X3Rva2VucxgCIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAMgASgDEhQKDHRvdGFsX3Rva2VucxgEIAEoAyKHAQoXTGlzdEluZmxpZ2h0UnVuc1JlcXVlc3QSMgoOY3JlYXRlZF9iZWZvcmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKCXBhZ2Vfc2l6ZRgCIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAMgASgJQgi6SAVyAxiACCJVChhMaXN0SW5mbGlnaHRSdW5zUmVzcG9uc2USIAoEcnVucxgBIAMoCzISLmFnZW50c3RvcmUudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJpCg1SdW5FdmVudElucHV0Ei4KBHR5cGUYASABKAlCILpIHXIbMhleW2Etel1bYS16MC05Xy46LV17MCw2M30kEigKB3BheWxvYWQYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IogBChZBcHBlbmRSdW5FdmVudHNSZXF1ZXN0EhgKBnJ1bl9pZBgBIAEoCUIIukgFcgOwAQESNgoGZXZlbnRzGAIgAygLMhwuYWdlbnRzdG9yZS52MS5SdW5FdmVudElucHV0Qgi6SAWSAQIIARIcCgpyZXF1ZXN0X2lkGAMgASgJQgi6SAVyAxiAASJvChdBcHBlbmRSdW5FdmVudHNSZXNwb25zZRIRCglmaXJzdF9zZXEYASABKAMSEAoIbGFzdF9zZXEYAiABKAMSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIr4BChRMaXN0UnVuRXZlbnRzUmVxdWVzdBIYCgZydW5faWQYASABKAlCCLpIBXIDsAEBEhoKCWFmdGVyX3NlcRgCIAEoA0IHukgEIgIoABIaCglwYWdlX3NpemUYAyABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgEIAEoCUIIukgFcgMYgAgSNgoFdHlwZXMYBSADKAlCJ7pIJJIBIRAgIh1yGzIZXlthLXpdW2EtejAtOV8uOi1dezAsNjN9JCJZChVMaXN0UnVuRXZlbnRzUmVzcG9uc2USJwoGZXZlbnRzGAEgAygLMhcuYWdlbnRzdG9yZS52MS5SdW5FdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihgEKFlN0cmVhbVJ1bkV2ZW50c1JlcXVlc3QSGAoGcnVuX2lkGAEgASgJQgi6SAVyA7ABARIaCglhZnRlcl9zZXEYAiABKANCB7pIBCICKAASNgoFdHlwZXMYAyADKAlCJ7pIJJIBIRAgIh1yGzIZXlthLXpdW2EtejAtOV8uOi1dezAsNjN9JCJBChdTdHJlYW1SdW5FdmVudHNSZXNwb25zZRImCgVldmVudBgBIAEoCzIXLmFnZW50c3RvcmUudjEuUnVuRXZlbnQi1QEKEFdhdGNoUnVuc1JlcXVlc3QSHgoNYWZ0ZXJfdmVyc2lvbhgBIAEoA0IHukgEIgIoABIQCghmcm9tX25vdxgCIAEoCBIbCgl0aHJlYWRfaWQYAyABKAlCCLpIBXIDGIACEhwKCnNlc3Npb25faWQYBCABKAlCCLpIBXIDGIACEhkKB3VzZXJfaWQYBSABKAlCCLpIBXIDGIACEh4KDGFzc2lzdGFudF9pZBgGIAEoCUIIukgFcgMYgAISGQoHcHJvamVjdBgHIAEoCUIIukgFcgMYgAIiRQoRV2F0Y2hSdW5zUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4SDwoHdmVyc2lvbhgCIAEoAzKACQoKUnVuU2VydmljZRJOCglDcmVhdGVSdW4SHy5hZ2VudHN0b3JlLnYxLkNyZWF0ZVJ1blJlcXVlc3QaIC5hZ2VudHN0b3JlLnYxLkNyZWF0ZVJ1blJlc3BvbnNlEkUKBkdldFJ1bhIcLmFnZW50c3RvcmUudjEuR2V0UnVuUmVxdWVzdBodLmFnZW50c3RvcmUudjEuR2V0UnVuUmVzcG9uc2USSwoITGlzdFJ1bnMSHi5hZ2VudHN0b3JlLnYxLkxpc3RSdW5zUmVxdWVzdBofLmFnZW50c3RvcmUudjEuTGlzdFJ1bnNSZXNwb25zZRJOCglDYW5jZWxSdW4SHy5hZ2VudHN0b3JlLnYxLkNhbmNlbFJ1blJlcXVlc3QaIC5hZ2VudHN0b3JlLnYxLkNhbmNlbFJ1blJlc3BvbnNlEk4KCURlbGV0ZVJ1bhIfLmFnZW50c3RvcmUudjEuRGVsZXRlUnVuUmVxdWVzdBogLmFnZW50c3RvcmUudjEuRGVsZXRlUnVuUmVzcG9uc2USTgoJRmluaXNoUnVuEh8uYWdlbnRzdG9yZS52MS5GaW5pc2hSdW5SZXF1ZXN0GiAuYWdlbnRzdG9yZS52MS5GaW5pc2hSdW5SZXNwb25zZRJmChFVcGRhdGVSdW5Qcm9ncmVzcxInLmFnZW50c3RvcmUudjEuVXBkYXRlUnVuUHJvZ3Jlc3NSZXF1ZXN0GiguYWdlbnRzdG9yZS52MS5VcGRhdGVSdW5Qcm9ncmVzc1Jlc3BvbnNlEl0KDkdldFRocmVhZFVzYWdlEiQuYWdlbnRzdG9yZS52MS5HZXRUaHJlYWRVc2FnZVJlcXVlc3QaJS5hZ2VudHN0b3JlLnYxLkdldFRocmVhZFVzYWdlUmVzcG9uc2USYwoQTGlzdEluZmxpZ2h0UnVucxImLmFnZW50c3RvcmUudjEuTGlzdEluZmxpZ2h0UnVuc1JlcXVlc3QaJy5hZ2VudHN0b3JlLnYxLkxpc3RJbmZsaWdodFJ1bnNSZXNwb25zZRJgCg9BcHBlbmRSdW5FdmVudHMSJS5hZ2VudHN0b3JlLnYxLkFwcGVuZFJ1bkV2ZW50c1JlcXVlc3QaJi5hZ2VudHN0b3JlLnYxLkFwcGVuZFJ1bkV2ZW50c1Jlc3BvbnNlEloKDUxpc3RSdW5FdmVudHMSIy5hZ2VudHN0b3JlLnYxLkxpc3RSdW5FdmVudHNSZXF1ZXN0GiQuYWdlbnRzdG9yZS52MS5MaXN0UnVuRXZlbnRzUmVzcG9uc2USYgoPU3RyZWFtUnVuRXZlbnRzEiUuYWdlbnRzdG9yZS52MS5TdHJlYW1SdW5FdmVudHNSZXF1ZXN0GiYuYWdlbnRzdG9yZS52MS5TdHJlYW1SdW5FdmVudHNSZXNwb25zZTABElAKCVdhdGNoUnVucxIfLmFnZW50c3RvcmUudjEuV2F0Y2hSdW5zUmVxdWVzdBogLmFnZW50c3RvcmUudjEuV2F0Y2hSdW5zUmVzcG9uc2UwAWIGcHJvdG8z", [file_agentstore_v1_run, file_agentstore_v1_run_event, file_buf_validate_validate, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch9hZ2VudHN0b3JlL3YxL3J1bl9zZXJ2aWNlLnByb3RvEg1hZ2VudHN0b3JlLnYxIlkKEENyZWF0ZVJ1blJlcXVlc3QSJwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW5CBrpIA8gBARIcCgpyZXF1ZXN0X2lkGAIgASgJQgi6SAVyAxiAASI0ChFDcmVhdGVSdW5SZXNwb25zZRIfCgNydW4YASABKAsyEi5hZ2VudHN0b3JlLnYxLlJ1biIpCg1HZXRSdW5SZXF1ZXN0EhgKBnJ1bl9pZBgBIAEoCUIIukgFcgOwAQEiMQoOR2V0UnVuUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4i1QEKD0xpc3RSdW5zUmVxdWVzdBIbCgl0aHJlYWRfaWQYASABKAlCCLpIBXIDGIACEhwKCnNlc3Npb25faWQYAiABKAlCCLpIBXIDGIACEhkKB3VzZXJfaWQYAyABKAlCCLpIBXIDGIACEjIKBnN0YXR1cxgEIAEoDjIYLmFnZW50c3RvcmUudjEuUnVuU3RhdHVzQgi6SAWCAQIQARIaCglwYWdlX3NpemUYBSABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgGIAEoCUIIukgFcgMYgAgiTQoQTGlzdFJ1bnNSZXNwb25zZRIgCgRydW5zGAEgAygLMhIuYWdlbnRzdG9yZS52MS5SdW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkYKEENhbmNlbFJ1blJlcXVlc3QSGAoGcnVuX2lkGAEgASgJQgi6SAVyA7ABARIYCgZyZWFzb24YAiABKAlCCLpIBXIDGIAgIkUKEUNhbmNlbFJ1blJlc3BvbnNlEh8KA3J1bhgBIAEoCzISLmFnZW50c3RvcmUudjEuUnVuEg8KB2NoYW5nZWQYAiABKAgiQwoQRGVsZXRlUnVuUmVxdWVzdBIYCgZydW5faWQYASABKAlCCLpIBXIDsAEBEhUKDWFsbG93X21pc3NpbmcYAiABKAgiEwoRRGVsZXRlUnVuUmVzcG9uc2UijAMKEEZpbmlzaFJ1blJlcXVlc3QSGAoGcnVuX2lkGAEgASgJQgi6SAVyA7ABARI4CgZzdGF0dXMYAiABKA4yGC5hZ2VudHN0b3JlLnYxLlJ1blN0YXR1c0IOukgLggEIGAQYBRgGGAcSHQoMZmFpbHVyZV9raW5kGAMgASgJQge6SARyAhhAEiIKD2ZhaWx1cmVfbWVzc2FnZRgEIAEoCUIJukgGcgQYgIAEEigKBXVzYWdlGAUgASgLMhkuYWdlbnRzdG9yZS52MS5Ub2tlblVzYWdlEiMKDW1lc3NhZ2VfY291bnQYBiABKANCB7pIBCICKABIAIgBARIrChNmaXJzdF9odW1hbl9tZXNzYWdlGAcgASgJQgm6SAZyBBiAgARIAYgBARInCg9sYXN0X2FpX21lc3NhZ2UYCCABKAlCCbpIBnIEGICABEgCiAEBQhAKDl9tZXNzYWdlX2NvdW50QhYKFF9maXJzdF9odW1hbl9tZXNzYWdlQhIKEF9sYXN0X2FpX21lc3NhZ2UiRQoRRmluaXNoUnVuUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4SDwoHY2hhbmdlZBgCIAEoCCLJAgoYVXBkYXRlUnVuUHJvZ3Jlc3NSZXF1ZXN0EhgKBnJ1bl9pZBgBIAEoCUIIukgFcgOwAQESKAoFdXNhZ2UYAiABKAsyGS5hZ2VudHN0b3JlLnYxLlRva2VuVXNhZ2USIwoNbWVzc2FnZV9jb3VudBgDIAEoA0IHukgEIgIoAEgAiAEBEisKE2ZpcnN0X2h1bWFuX21lc3NhZ2UYBCABKAlCCbpIBnIEGICABEgBiAEBEicKD2xhc3RfYWlfbWVzc2FnZRgFIAEoCUIJukgGcgQYgIAESAKIAQESIQoKbW9kZWxfbmFtZRgGIAEoCUIIukgFcgMYgAJIA4gBAUIQCg5fbWVzc2FnZV9jb3VudEIWChRfZmlyc3RfaHVtYW5fbWVzc2FnZUISChBfbGFzdF9haV9tZXNzYWdlQg0KC19tb2RlbF9uYW1lIjwKGVVwZGF0ZVJ1blByb2dyZXNzUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4iTgoVR2V0VGhyZWFkVXNhZ2VSZXF1ZXN0Eh0KCXRocmVhZF9pZBgBIAEoCUIKukgHcgUQARiAAhIWCg5pbmNsdWRlX2FjdGl2ZRgCIAEoCCL6AQoWR2V0VGhyZWFkVXNhZ2VSZXNwb25zZRIRCgl0aHJlYWRfaWQYASABKAkSEgoKdG90YWxfcnVucxgCIAEoAxIoCgV1c2FnZRgDIAEoCzIZLmFnZW50c3RvcmUudjEuVG9rZW5Vc2FnZRJECghieV9tb2RlbBgEIAMoCzIyLmFnZW50c3RvcmUudjEuR2V0VGhyZWFkVXNhZ2VSZXNwb25zZS5CeU1vZGVsRW50cnkaSQoMQnlNb2RlbEVudHJ5EgsKA2tleRgBIAEoCRIoCgV2YWx1ZRgCIAEoCzIZLmFnZW50c3RvcmUudjEuTW9kZWxVc2FnZToCOAEiXQoKTW9kZWxVc2FnZRIMCgRydW5zGAEgASgDEhQKDGlucHV0X3Rva2VucxgCIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAMgASgDEhQKDHRvdGFsX3Rva2VucxgEIAEoAyKHAQoXTGlzdEluZmxpZ2h0UnVuc1JlcXVlc3QSMgoOY3JlYXRlZF9iZWZvcmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKCXBhZ2Vfc2l6ZRgCIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAMgASgJQgi6SAVyAxiACCJVChhMaXN0SW5mbGlnaHRSdW5zUmVzcG9uc2USIAoEcnVucxgBIAMoCzISLmFnZW50c3RvcmUudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJpCg1SdW5FdmVudElucHV0Ei4KBHR5cGUYASABKAlCILpIHXIbMhleW2Etel1bYS16MC05Xy46LV17MCw2M30kEigKB3BheWxvYWQYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0IogBChZBcHBlbmRSdW5FdmVudHNSZXF1ZXN0EhgKBnJ1bl9pZBgBIAEoCUIIukgFcgOwAQESNgoGZXZlbnRzGAIgAygLMhwuYWdlbnRzdG9yZS52MS5SdW5FdmVudElucHV0Qgi6SAWSAQIIARIcCgpyZXF1ZXN0X2lkGAMgASgJQgi6SAVyAxiAASJvChdBcHBlbmRSdW5FdmVudHNSZXNwb25zZRIRCglmaXJzdF9zZXEYASABKAMSEAoIbGFzdF9zZXEYAiABKAMSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIr4BChRMaXN0UnVuRXZlbnRzUmVxdWVzdBIYCgZydW5faWQYASABKAlCCLpIBXIDsAEBEhoKCWFmdGVyX3NlcRgCIAEoA0IHukgEIgIoABIaCglwYWdlX3NpemUYAyABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgEIAEoCUIIukgFcgMYgAgSNgoFdHlwZXMYBSADKAlCJ7pIJJIBIRAgIh1yGzIZXlthLXpdW2EtejAtOV8uOi1dezAsNjN9JCJZChVMaXN0UnVuRXZlbnRzUmVzcG9uc2USJwoGZXZlbnRzGAEgAygLMhcuYWdlbnRzdG9yZS52MS5SdW5FdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihgEKFlN0cmVhbVJ1bkV2ZW50c1JlcXVlc3QSGAoGcnVuX2lkGAEgASgJQgi6SAVyA7ABARIaCglhZnRlcl9zZXEYAiABKANCB7pIBCICKAASNgoFdHlwZXMYAyADKAlCJ7pIJJIBIRAgIh1yGzIZXlthLXpdW2EtejAtOV8uOi1dezAsNjN9JCJBChdTdHJlYW1SdW5FdmVudHNSZXNwb25zZRImCgVldmVudBgBIAEoCzIXLmFnZW50c3RvcmUudjEuUnVuRXZlbnQi1QEKEFdhdGNoUnVuc1JlcXVlc3QSHgoNYWZ0ZXJfdmVyc2lvbhgBIAEoA0IHukgEIgIoABIQCghmcm9tX25vdxgCIAEoCBIbCgl0aHJlYWRfaWQYAyABKAlCCLpIBXIDGIACEhwKCnNlc3Npb25faWQYBCABKAlCCLpIBXIDGIACEhkKB3VzZXJfaWQYBSABKAlCCLpIBXIDGIACEh4KDGFzc2lzdGFudF9pZBgGIAEoCUIIukgFcgMYgAISGQoHcHJvamVjdBgHIAEoCUIIukgFcgMYgAIiRQoRV2F0Y2hSdW5zUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4SDwoHdmVyc2lvbhgCIAEoAyKGAQoPQ2xhaW1SdW5SZXF1ZXN0EhgKBnJ1bl9pZBgBIAEoCUIIukgFcgOwAQESHQoJcnVubmVyX2lkGAIgASgJQgq6SAdyBRABGIABEjoKBWxlYXNlGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhC6SA2qAQoiBAiAowUyAggBIkUKEENsYWltUnVuUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4SEAoIdGFrZW92ZXIYAiABKAgi6AEKCVJ1bkZpbHRlchIeCgxhc3Npc3RhbnRfaWQYASABKAlCCLpIBXIDGIACEiEKD2JhY2tlbmRfcHJvZmlsZRgCIAEoCUIIukgFcgMYgAISTgoGbGFiZWxzGAMgAygLMiQuYWdlbnRzdG9yZS52MS5SdW5GaWx0ZXIuTGFiZWxzRW50cnlCGLpIFZoBEhAQIgdyBRABGIABKgVyAxiAAhIZCgdwcm9qZWN0GAQgASgJQgi6SAVyAxiAAhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBItIBChNDbGFpbU5leHRSdW5SZXF1ZXN0Eh0KCXJ1bm5lcl9pZBgBIAEoCUIKukgHcgUQARiAARIoCgZmaWx0ZXIYAiABKAsyGC5hZ2VudHN0b3JlLnYxLlJ1bkZpbHRlchI6CgVsZWFzZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIQukgNqgEKIgQIgKMFMgIIARI2CgR3YWl0GAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg26SAqqAQciAwisAjIAIjcKFENsYWltTmV4dFJ1blJlc3BvbnNlEh8KA3J1bhgBIAEoCzISLmFnZW50c3RvcmUudjEuUnVuIosBChRSZW5ld1J1bkxlYXNlUmVxdWVzdBIYCgZydW5faWQYASABKAlCCLpIBXIDsAEBEh0KCXJ1bm5lcl9pZBgCIAEoCUIKukgHcgUQARiAARI6CgVsZWFzZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIQukgNqgEKIgQIgKMFMgIIASI4ChVSZW5ld1J1bkxlYXNlUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4iZgoRUmVsZWFzZVJ1blJlcXVlc3QSGAoGcnVuX2lkGAEgASgJQgi6SAVyA7ABARIdCglydW5uZXJfaWQYAiABKAlCCrpIB3IFEAEYgAESGAoGcmVhc29uGAMgASgJQgi6SAVyAxiAICI1ChJSZWxlYXNlUnVuUmVzcG9uc2USHwoDcnVuGAEgASgLMhIuYWdlbnRzdG9yZS52MS5SdW4i7QEKFENyZWF0ZUNvbW1hbmRSZXF1ZXN0EhgKBnJ1bl9pZBgBIAEoCUIIukgFcgOwAQESNAoEdHlwZRgCIAEoDjIaLmFnZW50c3RvcmUudjEuQ29tbWFuZFR5cGVCCrpIB4IBBBABIAASOAoLY3VzdG9tX3R5cGUYAyABKAlCI7pIIHIeMhxeKFthLXpdW2EtejAtOV8uOi1dezAsNjN9KT8kEigKB3BheWxvYWQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiEKD2lkZW1wb3RlbmN5X2tleRgFIAEoCUIIukgFcgMYgAEiQAoVQ3JlYXRlQ29tbWFuZFJlc3BvbnNlEicKB2NvbW1hbmQYASABKAsyFi5hZ2VudHN0b3JlLnYxLkNvbW1hbmQiMQoRR2V0Q29tbWFuZFJlcXVlc3QSHAoKY29tbWFuZF9pZBgBIAEoCUIIukgFcgOwAQEiPQoSR2V0Q29tbWFuZFJlc3BvbnNlEicKB2NvbW1hbmQYASABKAsyFi5hZ2VudHN0b3JlLnYxLkNvbW1hbmQiuwEKE0xpc3RDb21tYW5kc1JlcXVlc3QSGAoGcnVuX2lkGAEgASgJQgi6SAVyA7ABARIaCglhZnRlcl9zZXEYAiABKANCB7pIBCICKAASNAoFc3RhdGUYAyABKA4yGy5hZ2VudHN0b3JlLnYxLkNvbW1hbmRTdGF0ZUIIukgFggECEAESGgoJcGFnZV9zaXplGAQgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YBSABKAlCCLpIBXIDGIAIIlkKFExpc3RDb21tYW5kc1Jlc3BvbnNlEigKCGNvbW1hbmRzGAEgAygLMhYuYWdlbnRzdG9yZS52MS5Db21tYW5kEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIxChFBY2tDb21tYW5kUmVxdWVzdBIcCgpjb21tYW5kX2lkGAEgASgJQgi6SAVyA7ABASJOChJBY2tDb21tYW5kUmVzcG9uc2USJwoHY29tbWFuZBgBIAEoCzIWLmFnZW50c3RvcmUudjEuQ29tbWFuZBIPCgdjaGFuZ2VkGAIgASgIItgBChRGaW5pc2hDb21tYW5kUmVxdWVzdBIcCgpjb21tYW5kX2lkGAEgASgJQgi6SAVyA7ABARI2CgVzdGF0ZRgCIAEoDjIbLmFnZW50c3RvcmUudjEuQ29tbWFuZFN0YXRlQgq6SAeCAQQYAxgEEicKBnJlc3VsdBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSHQoMZmFpbHVyZV9raW5kGAQgASgJQge6SARyAhhAEiIKD2ZhaWx1cmVfbWVzc2FnZRgFIAEoCUIJukgGcgQYgIAEIlEKFUZpbmlzaENvbW1hbmRSZXNwb25zZRInCgdjb21tYW5kGAEgASgLMhYuYWdlbnRzdG9yZS52MS5Db21tYW5kEg8KB2NoYW5nZWQYAiABKAgiTgoUQ2FuY2VsQ29tbWFuZFJlcXVlc3QSHAoKY29tbWFuZF9pZBgBIAEoCUIIukgFcgOwAQESGAoGcmVhc29uGAIgASgJQgi6SAVyAxiAICJRChVDYW5jZWxDb21tYW5kUmVzcG9uc2USJwoHY29tbWFuZBgBIAEoCzIWLmFnZW50c3RvcmUudjEuQ29tbWFuZBIPCgdjaGFuZ2VkGAIgASgIImwKFVN0cmVhbUNvbW1hbmRzUmVxdWVzdBIYCgZydW5faWQYASABKAlCCLpIBXIDsAEBEh0KCXJ1bm5lcl9pZBgCIAEoCUIKukgHcgUQARiAARIaCglhZnRlcl9zZXEYAyABKANCB7pIBCICKAAiQQoWU3RyZWFtQ29tbWFuZHNSZXNwb25zZRInCgdjb21tYW5kGAEgASgLMhYuYWdlbnRzdG9yZS52MS5Db21tYW5kMskQCgpSdW5TZXJ2aWNlEk4KCUNyZWF0ZVJ1bhIfLmFnZW50c3RvcmUudjEuQ3JlYXRlUnVuUmVxdWVzdBogLmFnZW50c3RvcmUudjEuQ3JlYXRlUnVuUmVzcG9uc2USRQoGR2V0UnVuEhwuYWdlbnRzdG9yZS52MS5HZXRSdW5SZXF1ZXN0Gh0uYWdlbnRzdG9yZS52MS5HZXRSdW5SZXNwb25zZRJLCghMaXN0UnVucxIeLmFnZW50c3RvcmUudjEuTGlzdFJ1bnNSZXF1ZXN0Gh8uYWdlbnRzdG9yZS52MS5MaXN0UnVuc1Jlc3BvbnNlEk4KCUNhbmNlbFJ1bhIfLmFnZW50c3RvcmUudjEuQ2FuY2VsUnVuUmVxdWVzdBogLmFnZW50c3RvcmUudjEuQ2FuY2VsUnVuUmVzcG9uc2USTgoJRGVsZXRlUnVuEh8uYWdlbnRzdG9yZS52MS5EZWxldGVSdW5SZXF1ZXN0GiAuYWdlbnRzdG9yZS52MS5EZWxldGVSdW5SZXNwb25zZRJOCglGaW5pc2hSdW4SHy5hZ2VudHN0b3JlLnYxLkZpbmlzaFJ1blJlcXVlc3QaIC5hZ2VudHN0b3JlLnYxLkZpbmlzaFJ1blJlc3BvbnNlEmYKEVVwZGF0ZVJ1blByb2dyZXNzEicuYWdlbnRzdG9yZS52MS5VcGRhdGVSdW5Qcm9ncmVzc1JlcXVlc3QaKC5hZ2VudHN0b3JlLnYxLlVwZGF0ZVJ1blByb2dyZXNzUmVzcG9uc2USXQoOR2V0VGhyZWFkVXNhZ2USJC5hZ2VudHN0b3JlLnYxLkdldFRocmVhZFVzYWdlUmVxdWVzdBolLmFnZW50c3RvcmUudjEuR2V0VGhyZWFkVXNhZ2VSZXNwb25zZRJjChBMaXN0SW5mbGlnaHRSdW5zEiYuYWdlbnRzdG9yZS52MS5MaXN0SW5mbGlnaHRSdW5zUmVxdWVzdBonLmFnZW50c3RvcmUudjEuTGlzdEluZmxpZ2h0UnVuc1Jlc3BvbnNlEmAKD0FwcGVuZFJ1bkV2ZW50cxIlLmFnZW50c3RvcmUudjEuQXBwZW5kUnVuRXZlbnRzUmVxdWVzdBomLmFnZW50c3RvcmUudjEuQXBwZW5kUnVuRXZlbnRzUmVzcG9uc2USWgoNTGlzdFJ1bkV2ZW50cxIjLmFnZW50c3RvcmUudjEuTGlzdFJ1bkV2ZW50c1JlcXVlc3QaJC5hZ2VudHN0b3JlLnYxLkxpc3RSdW5FdmVudHNSZXNwb25zZRJiCg9TdHJlYW1SdW5FdmVudHMSJS5hZ2VudHN0b3JlLnYxLlN0cmVhbVJ1bkV2ZW50c1JlcXVlc3QaJi5hZ2VudHN0b3JlLnYxLlN0cmVhbVJ1bkV2ZW50c1Jlc3BvbnNlMAESUAoJV2F0Y2hSdW5zEh8uYWdlbnRzdG9yZS52MS5XYXRjaFJ1bnNSZXF1ZXN0GiAuYWdlbnRzdG9yZS52MS5XYXRjaFJ1bnNSZXNwb25zZTABEksKCENsYWltUnVuEh4uYWdlbnRzdG9yZS52MS5DbGFpbVJ1blJlcXVlc3QaHy5hZ2VudHN0b3JlLnYxLkNsYWltUnVuUmVzcG9uc2USVwoMQ2xhaW1OZXh0UnVuEiIuYWdlbnRzdG9yZS52MS5DbGFpbU5leHRSdW5SZXF1ZXN0GiMuYWdlbnRzdG9yZS52MS5DbGFpbU5leHRSdW5SZXNwb25zZRJaCg1SZW5ld1J1bkxlYXNlEiMuYWdlbnRzdG9yZS52MS5SZW5ld1J1bkxlYXNlUmVxdWVzdBokLmFnZW50c3RvcmUudjEuUmVuZXdSdW5MZWFzZVJlc3BvbnNlElEKClJlbGVhc2VSdW4SIC5hZ2VudHN0b3JlLnYxLlJlbGVhc2VSdW5SZXF1ZXN0GiEuYWdlbnRzdG9yZS52MS5SZWxlYXNlUnVuUmVzcG9uc2USWgoNQ3JlYXRlQ29tbWFuZBIjLmFnZW50c3RvcmUudjEuQ3JlYXRlQ29tbWFuZFJlcXVlc3QaJC5hZ2VudHN0b3JlLnYxLkNyZWF0ZUNvbW1hbmRSZXNwb25zZRJRCgpHZXRDb21tYW5kEiAuYWdlbnRzdG9yZS52MS5HZXRDb21tYW5kUmVxdWVzdBohLmFnZW50c3RvcmUudjEuR2V0Q29tbWFuZFJlc3BvbnNlElcKDExpc3RDb21tYW5kcxIiLmFnZW50c3RvcmUudjEuTGlzdENvbW1hbmRzUmVxdWVzdBojLmFnZW50c3RvcmUudjEuTGlzdENvbW1hbmRzUmVzcG9uc2USUQoKQWNrQ29tbWFuZBIgLmFnZW50c3RvcmUudjEuQWNrQ29tbWFuZFJlcXVlc3QaIS5hZ2VudHN0b3JlLnYxLkFja0NvbW1hbmRSZXNwb25zZRJaCg1GaW5pc2hDb21tYW5kEiMuYWdlbnRzdG9yZS52MS5GaW5pc2hDb21tYW5kUmVxdWVzdBokLmFnZW50c3RvcmUudjEuRmluaXNoQ29tbWFuZFJlc3BvbnNlEloKDUNhbmNlbENvbW1hbmQSIy5hZ2VudHN0b3JlLnYxLkNhbmNlbENvbW1hbmRSZXF1ZXN0GiQuYWdlbnRzdG9yZS52MS5DYW5jZWxDb21tYW5kUmVzcG9uc2USXwoOU3RyZWFtQ29tbWFuZHMSJC5hZ2VudHN0b3JlLnYxLlN0cmVhbUNvbW1hbmRzUmVxdWVzdBolLmFnZW50c3RvcmUudjEuU3RyZWFtQ29tbWFuZHNSZXNwb25zZTABYgZwcm90bzM", [file_agentstore_v1_command, file_agentstore_v1_run, file_agentstore_v1_run_event, file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Request of RunService.CreateRun.
@@ -27,7 +29,8 @@ export const file_agentstore_v1_run_service: GenFile = /*@__PURE__*/
 export type CreateRunRequest = Message<"agentstore.v1.CreateRunRequest"> & {
   /**
    * The run to create. Only the input fields are read: thread_id, session_id, assistant_id,
-   * user_id, project, model_name, backend_profile, metadata, input, multitask_strategy.
+   * user_id, project, model_name, backend_profile, metadata, input, multitask_strategy, labels,
+   * lease_lost_policy.
    *
    * @generated from field: agentstore.v1.Run run = 1;
    */
@@ -890,7 +893,7 @@ export const StreamRunEventsResponseSchema: GenMessage<StreamRunEventsResponse> 
 export type WatchRunsRequest = Message<"agentstore.v1.WatchRunsRequest"> & {
   /**
    * Send changes after this version: 0 for every run of the tenant (each in its latest state),
-   * the last version received to resume.
+   * the last version received to resume. A version beyond the newest answers OUT_OF_RANGE.
    *
    * @generated from field: int64 after_version = 1;
    */
@@ -974,6 +977,715 @@ export type WatchRunsResponse = Message<"agentstore.v1.WatchRunsResponse"> & {
  */
 export const WatchRunsResponseSchema: GenMessage<WatchRunsResponse> = /*@__PURE__*/
   messageDesc(file_agentstore_v1_run_service, 27);
+
+/**
+ * Request of RunService.ClaimRun.
+ *
+ * @generated from message agentstore.v1.ClaimRunRequest
+ */
+export type ClaimRunRequest = Message<"agentstore.v1.ClaimRunRequest"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The claiming runner (registered with RunnerService.RegisterRunner).
+   *
+   * @generated from field: string runner_id = 2;
+   */
+  runnerId: string;
+
+  /**
+   * How long the claim holds unless renewed; unset means 30 seconds.
+   *
+   * @generated from field: google.protobuf.Duration lease = 3;
+   */
+  lease?: Duration | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.ClaimRunRequest.
+ * Use `create(ClaimRunRequestSchema)` to create a new message.
+ */
+export const ClaimRunRequestSchema: GenMessage<ClaimRunRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 28);
+
+/**
+ * Response of RunService.ClaimRun.
+ *
+ * @generated from message agentstore.v1.ClaimRunResponse
+ */
+export type ClaimRunResponse = Message<"agentstore.v1.ClaimRunResponse"> & {
+  /**
+   * The run, held by the runner.
+   *
+   * @generated from field: agentstore.v1.Run run = 1;
+   */
+  run?: Run | undefined;
+
+  /**
+   * Whether this claim took the run over from another runner whose lease had expired.
+   *
+   * @generated from field: bool takeover = 2;
+   */
+  takeover: boolean;
+};
+
+/**
+ * Describes the message agentstore.v1.ClaimRunResponse.
+ * Use `create(ClaimRunResponseSchema)` to create a new message.
+ */
+export const ClaimRunResponseSchema: GenMessage<ClaimRunResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 29);
+
+/**
+ * Which pending runs ClaimNextRun may take. Empty fields match any run.
+ *
+ * @generated from message agentstore.v1.RunFilter
+ */
+export type RunFilter = Message<"agentstore.v1.RunFilter"> & {
+  /**
+   * Only runs of this assistant.
+   *
+   * @generated from field: string assistant_id = 1;
+   */
+  assistantId: string;
+
+  /**
+   * Only runs for this backend profile.
+   *
+   * @generated from field: string backend_profile = 2;
+   */
+  backendProfile: string;
+
+  /**
+   * Only runs that carry all these labels with these values.
+   *
+   * @generated from field: map<string, string> labels = 3;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * Only runs of this project.
+   *
+   * @generated from field: string project = 4;
+   */
+  project: string;
+};
+
+/**
+ * Describes the message agentstore.v1.RunFilter.
+ * Use `create(RunFilterSchema)` to create a new message.
+ */
+export const RunFilterSchema: GenMessage<RunFilter> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 30);
+
+/**
+ * Request of RunService.ClaimNextRun.
+ *
+ * @generated from message agentstore.v1.ClaimNextRunRequest
+ */
+export type ClaimNextRunRequest = Message<"agentstore.v1.ClaimNextRunRequest"> & {
+  /**
+   * The claiming runner (registered).
+   *
+   * @generated from field: string runner_id = 1;
+   */
+  runnerId: string;
+
+  /**
+   * Which runs it may take.
+   *
+   * @generated from field: agentstore.v1.RunFilter filter = 2;
+   */
+  filter?: RunFilter | undefined;
+
+  /**
+   * How long the claim holds unless renewed; unset means 30 seconds.
+   *
+   * @generated from field: google.protobuf.Duration lease = 3;
+   */
+  lease?: Duration | undefined;
+
+  /**
+   * How long to wait for a matching run when there is none; unset or 0 answers at once. At most
+   * 5 minutes.
+   *
+   * @generated from field: google.protobuf.Duration wait = 4;
+   */
+  wait?: Duration | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.ClaimNextRunRequest.
+ * Use `create(ClaimNextRunRequestSchema)` to create a new message.
+ */
+export const ClaimNextRunRequestSchema: GenMessage<ClaimNextRunRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 31);
+
+/**
+ * Response of RunService.ClaimNextRun.
+ *
+ * @generated from message agentstore.v1.ClaimNextRunResponse
+ */
+export type ClaimNextRunResponse = Message<"agentstore.v1.ClaimNextRunResponse"> & {
+  /**
+   * The claimed run; unset when none matched within the wait.
+   *
+   * @generated from field: agentstore.v1.Run run = 1;
+   */
+  run?: Run | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.ClaimNextRunResponse.
+ * Use `create(ClaimNextRunResponseSchema)` to create a new message.
+ */
+export const ClaimNextRunResponseSchema: GenMessage<ClaimNextRunResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 32);
+
+/**
+ * Request of RunService.RenewRunLease.
+ *
+ * @generated from message agentstore.v1.RenewRunLeaseRequest
+ */
+export type RenewRunLeaseRequest = Message<"agentstore.v1.RenewRunLeaseRequest"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The runner that holds it.
+   *
+   * @generated from field: string runner_id = 2;
+   */
+  runnerId: string;
+
+  /**
+   * The new lease, from now; unset means 30 seconds.
+   *
+   * @generated from field: google.protobuf.Duration lease = 3;
+   */
+  lease?: Duration | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.RenewRunLeaseRequest.
+ * Use `create(RenewRunLeaseRequestSchema)` to create a new message.
+ */
+export const RenewRunLeaseRequestSchema: GenMessage<RenewRunLeaseRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 33);
+
+/**
+ * Response of RunService.RenewRunLease.
+ *
+ * @generated from message agentstore.v1.RenewRunLeaseResponse
+ */
+export type RenewRunLeaseResponse = Message<"agentstore.v1.RenewRunLeaseResponse"> & {
+  /**
+   * The run with its new lease expiry.
+   *
+   * @generated from field: agentstore.v1.Run run = 1;
+   */
+  run?: Run | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.RenewRunLeaseResponse.
+ * Use `create(RenewRunLeaseResponseSchema)` to create a new message.
+ */
+export const RenewRunLeaseResponseSchema: GenMessage<RenewRunLeaseResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 34);
+
+/**
+ * Request of RunService.ReleaseRun.
+ *
+ * @generated from message agentstore.v1.ReleaseRunRequest
+ */
+export type ReleaseRunRequest = Message<"agentstore.v1.ReleaseRunRequest"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The runner that holds it.
+   *
+   * @generated from field: string runner_id = 2;
+   */
+  runnerId: string;
+
+  /**
+   * Why, for the run's log.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message agentstore.v1.ReleaseRunRequest.
+ * Use `create(ReleaseRunRequestSchema)` to create a new message.
+ */
+export const ReleaseRunRequestSchema: GenMessage<ReleaseRunRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 35);
+
+/**
+ * Response of RunService.ReleaseRun.
+ *
+ * @generated from message agentstore.v1.ReleaseRunResponse
+ */
+export type ReleaseRunResponse = Message<"agentstore.v1.ReleaseRunResponse"> & {
+  /**
+   * The run, PENDING again.
+   *
+   * @generated from field: agentstore.v1.Run run = 1;
+   */
+  run?: Run | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.ReleaseRunResponse.
+ * Use `create(ReleaseRunResponseSchema)` to create a new message.
+ */
+export const ReleaseRunResponseSchema: GenMessage<ReleaseRunResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 36);
+
+/**
+ * Request of RunService.CreateCommand.
+ *
+ * @generated from message agentstore.v1.CreateCommandRequest
+ */
+export type CreateCommandRequest = Message<"agentstore.v1.CreateCommandRequest"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * What kind of command.
+   *
+   * @generated from field: agentstore.v1.CommandType type = 2;
+   */
+  type: CommandType;
+
+  /**
+   * For CUSTOM: the name of its kind (lower case, like event types).
+   *
+   * @generated from field: string custom_type = 3;
+   */
+  customType: string;
+
+  /**
+   * The command's arguments.
+   *
+   * @generated from field: google.protobuf.Struct payload = 4;
+   */
+  payload?: JsonObject | undefined;
+
+  /**
+   * Makes the create idempotent (a UUID is a good choice).
+   *
+   * @generated from field: string idempotency_key = 5;
+   */
+  idempotencyKey: string;
+};
+
+/**
+ * Describes the message agentstore.v1.CreateCommandRequest.
+ * Use `create(CreateCommandRequestSchema)` to create a new message.
+ */
+export const CreateCommandRequestSchema: GenMessage<CreateCommandRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 37);
+
+/**
+ * Response of RunService.CreateCommand.
+ *
+ * @generated from message agentstore.v1.CreateCommandResponse
+ */
+export type CreateCommandResponse = Message<"agentstore.v1.CreateCommandResponse"> & {
+  /**
+   * The command created, or the one created first under the same idempotency_key.
+   *
+   * @generated from field: agentstore.v1.Command command = 1;
+   */
+  command?: Command | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.CreateCommandResponse.
+ * Use `create(CreateCommandResponseSchema)` to create a new message.
+ */
+export const CreateCommandResponseSchema: GenMessage<CreateCommandResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 38);
+
+/**
+ * Request of RunService.GetCommand.
+ *
+ * @generated from message agentstore.v1.GetCommandRequest
+ */
+export type GetCommandRequest = Message<"agentstore.v1.GetCommandRequest"> & {
+  /**
+   * The command.
+   *
+   * @generated from field: string command_id = 1;
+   */
+  commandId: string;
+};
+
+/**
+ * Describes the message agentstore.v1.GetCommandRequest.
+ * Use `create(GetCommandRequestSchema)` to create a new message.
+ */
+export const GetCommandRequestSchema: GenMessage<GetCommandRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 39);
+
+/**
+ * Response of RunService.GetCommand.
+ *
+ * @generated from message agentstore.v1.GetCommandResponse
+ */
+export type GetCommandResponse = Message<"agentstore.v1.GetCommandResponse"> & {
+  /**
+   * The command.
+   *
+   * @generated from field: agentstore.v1.Command command = 1;
+   */
+  command?: Command | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.GetCommandResponse.
+ * Use `create(GetCommandResponseSchema)` to create a new message.
+ */
+export const GetCommandResponseSchema: GenMessage<GetCommandResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 40);
+
+/**
+ * Request of RunService.ListCommands.
+ *
+ * @generated from message agentstore.v1.ListCommandsRequest
+ */
+export type ListCommandsRequest = Message<"agentstore.v1.ListCommandsRequest"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * Only commands with a seq above this one.
+   *
+   * @generated from field: int64 after_seq = 2;
+   */
+  afterSeq: bigint;
+
+  /**
+   * Only commands in this state; UNSPECIFIED means any.
+   *
+   * @generated from field: agentstore.v1.CommandState state = 3;
+   */
+  state: CommandState;
+
+  /**
+   * Maximum number of commands to return; 0 means the server default (100), larger values are
+   * clamped to the server maximum (1000).
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page, with the same run_id, after_seq and state.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message agentstore.v1.ListCommandsRequest.
+ * Use `create(ListCommandsRequestSchema)` to create a new message.
+ */
+export const ListCommandsRequestSchema: GenMessage<ListCommandsRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 41);
+
+/**
+ * Response of RunService.ListCommands.
+ *
+ * @generated from message agentstore.v1.ListCommandsResponse
+ */
+export type ListCommandsResponse = Message<"agentstore.v1.ListCommandsResponse"> & {
+  /**
+   * The commands, in seq order.
+   *
+   * @generated from field: repeated agentstore.v1.Command commands = 1;
+   */
+  commands: Command[];
+
+  /**
+   * Token for the next page; empty when there is none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message agentstore.v1.ListCommandsResponse.
+ * Use `create(ListCommandsResponseSchema)` to create a new message.
+ */
+export const ListCommandsResponseSchema: GenMessage<ListCommandsResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 42);
+
+/**
+ * Request of RunService.AckCommand.
+ *
+ * @generated from message agentstore.v1.AckCommandRequest
+ */
+export type AckCommandRequest = Message<"agentstore.v1.AckCommandRequest"> & {
+  /**
+   * The command.
+   *
+   * @generated from field: string command_id = 1;
+   */
+  commandId: string;
+};
+
+/**
+ * Describes the message agentstore.v1.AckCommandRequest.
+ * Use `create(AckCommandRequestSchema)` to create a new message.
+ */
+export const AckCommandRequestSchema: GenMessage<AckCommandRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 43);
+
+/**
+ * Response of RunService.AckCommand.
+ *
+ * @generated from message agentstore.v1.AckCommandResponse
+ */
+export type AckCommandResponse = Message<"agentstore.v1.AckCommandResponse"> & {
+  /**
+   * The command after the call.
+   *
+   * @generated from field: agentstore.v1.Command command = 1;
+   */
+  command?: Command | undefined;
+
+  /**
+   * Whether this call acknowledged it.
+   *
+   * @generated from field: bool changed = 2;
+   */
+  changed: boolean;
+};
+
+/**
+ * Describes the message agentstore.v1.AckCommandResponse.
+ * Use `create(AckCommandResponseSchema)` to create a new message.
+ */
+export const AckCommandResponseSchema: GenMessage<AckCommandResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 44);
+
+/**
+ * Request of RunService.FinishCommand.
+ *
+ * @generated from message agentstore.v1.FinishCommandRequest
+ */
+export type FinishCommandRequest = Message<"agentstore.v1.FinishCommandRequest"> & {
+  /**
+   * The command.
+   *
+   * @generated from field: string command_id = 1;
+   */
+  commandId: string;
+
+  /**
+   * COMPLETED or FAILED.
+   *
+   * @generated from field: agentstore.v1.CommandState state = 2;
+   */
+  state: CommandState;
+
+  /**
+   * What came of it.
+   *
+   * @generated from field: google.protobuf.Struct result = 3;
+   */
+  result?: JsonObject | undefined;
+
+  /**
+   * Machine-readable failure kind, for FAILED.
+   *
+   * @generated from field: string failure_kind = 4;
+   */
+  failureKind: string;
+
+  /**
+   * Human-readable failure message.
+   *
+   * @generated from field: string failure_message = 5;
+   */
+  failureMessage: string;
+};
+
+/**
+ * Describes the message agentstore.v1.FinishCommandRequest.
+ * Use `create(FinishCommandRequestSchema)` to create a new message.
+ */
+export const FinishCommandRequestSchema: GenMessage<FinishCommandRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 45);
+
+/**
+ * Response of RunService.FinishCommand.
+ *
+ * @generated from message agentstore.v1.FinishCommandResponse
+ */
+export type FinishCommandResponse = Message<"agentstore.v1.FinishCommandResponse"> & {
+  /**
+   * The command after the call.
+   *
+   * @generated from field: agentstore.v1.Command command = 1;
+   */
+  command?: Command | undefined;
+
+  /**
+   * Whether this call ended it (false when it had ended already).
+   *
+   * @generated from field: bool changed = 2;
+   */
+  changed: boolean;
+};
+
+/**
+ * Describes the message agentstore.v1.FinishCommandResponse.
+ * Use `create(FinishCommandResponseSchema)` to create a new message.
+ */
+export const FinishCommandResponseSchema: GenMessage<FinishCommandResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 46);
+
+/**
+ * Request of RunService.CancelCommand.
+ *
+ * @generated from message agentstore.v1.CancelCommandRequest
+ */
+export type CancelCommandRequest = Message<"agentstore.v1.CancelCommandRequest"> & {
+  /**
+   * The command.
+   *
+   * @generated from field: string command_id = 1;
+   */
+  commandId: string;
+
+  /**
+   * Why; stored as the failure message.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message agentstore.v1.CancelCommandRequest.
+ * Use `create(CancelCommandRequestSchema)` to create a new message.
+ */
+export const CancelCommandRequestSchema: GenMessage<CancelCommandRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 47);
+
+/**
+ * Response of RunService.CancelCommand.
+ *
+ * @generated from message agentstore.v1.CancelCommandResponse
+ */
+export type CancelCommandResponse = Message<"agentstore.v1.CancelCommandResponse"> & {
+  /**
+   * The command after the call.
+   *
+   * @generated from field: agentstore.v1.Command command = 1;
+   */
+  command?: Command | undefined;
+
+  /**
+   * Whether this call cancelled it (false when it had ended already).
+   *
+   * @generated from field: bool changed = 2;
+   */
+  changed: boolean;
+};
+
+/**
+ * Describes the message agentstore.v1.CancelCommandResponse.
+ * Use `create(CancelCommandResponseSchema)` to create a new message.
+ */
+export const CancelCommandResponseSchema: GenMessage<CancelCommandResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 48);
+
+/**
+ * Request of RunService.StreamCommands.
+ *
+ * @generated from message agentstore.v1.StreamCommandsRequest
+ */
+export type StreamCommandsRequest = Message<"agentstore.v1.StreamCommandsRequest"> & {
+  /**
+   * The run.
+   *
+   * @generated from field: string run_id = 1;
+   */
+  runId: string;
+
+  /**
+   * The runner that holds it.
+   *
+   * @generated from field: string runner_id = 2;
+   */
+  runnerId: string;
+
+  /**
+   * Start after this command seq: 0 for all, the last seq received to resume.
+   *
+   * @generated from field: int64 after_seq = 3;
+   */
+  afterSeq: bigint;
+};
+
+/**
+ * Describes the message agentstore.v1.StreamCommandsRequest.
+ * Use `create(StreamCommandsRequestSchema)` to create a new message.
+ */
+export const StreamCommandsRequestSchema: GenMessage<StreamCommandsRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 49);
+
+/**
+ * One message of RunService.StreamCommands.
+ *
+ * @generated from message agentstore.v1.StreamCommandsResponse
+ */
+export type StreamCommandsResponse = Message<"agentstore.v1.StreamCommandsResponse"> & {
+  /**
+   * The next command, as it is now (it may have been acknowledged or ended already).
+   *
+   * @generated from field: agentstore.v1.Command command = 1;
+   */
+  command?: Command | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.StreamCommandsResponse.
+ * Use `create(StreamCommandsResponseSchema)` to create a new message.
+ */
+export const StreamCommandsResponseSchema: GenMessage<StreamCommandsResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_run_service, 50);
 
 /**
  * Runs of agents and the event log of every run.
@@ -1127,6 +1839,134 @@ export const RunService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchRunsRequestSchema;
     output: typeof WatchRunsResponseSchema;
+  },
+  /**
+   * Claims an active run for a registered runner, with a lease: the run becomes CLAIMED (a RUNNING
+   * run stays RUNNING) and only this runner may renew, release or stream its commands. A run held
+   * by another runner whose lease has not expired answers ABORTED (RUN_LEASED, with the holder
+   * and the expiry in the ErrorInfo metadata); an expired lease is taken over. Claiming a run the
+   * runner already holds renews it. Writes an "agentstore.claim" event.
+   *
+   * @generated from rpc agentstore.v1.RunService.ClaimRun
+   */
+  claimRun: {
+    methodKind: "unary";
+    input: typeof ClaimRunRequestSchema;
+    output: typeof ClaimRunResponseSchema;
+  },
+  /**
+   * Claims the oldest PENDING run that matches the filter (and is not waiting behind an earlier
+   * active run of its thread). With `wait`, blocks until one arrives or the wait ends, woken by
+   * new runs on any replica; the response then has no run. Exclusive however many runners race.
+   *
+   * @generated from rpc agentstore.v1.RunService.ClaimNextRun
+   */
+  claimNextRun: {
+    methodKind: "unary";
+    input: typeof ClaimNextRunRequestSchema;
+    output: typeof ClaimNextRunResponseSchema;
+  },
+  /**
+   * Extends the holder's lease. Any other runner, or a run that was taken over, released or ended,
+   * answers FAILED_PRECONDITION (NOT_LEASE_HOLDER). A renewal that comes after the lease expired
+   * (but before anyone took the run) succeeds and writes an "agentstore.lease_renewed_late" event.
+   *
+   * @generated from rpc agentstore.v1.RunService.RenewRunLease
+   */
+  renewRunLease: {
+    methodKind: "unary";
+    input: typeof RenewRunLeaseRequestSchema;
+    output: typeof RenewRunLeaseResponseSchema;
+  },
+  /**
+   * Gives a held run back: it is PENDING again, for any runner. Writes an "agentstore.release"
+   * event.
+   *
+   * @generated from rpc agentstore.v1.RunService.ReleaseRun
+   */
+  releaseRun: {
+    methodKind: "unary";
+    input: typeof ReleaseRunRequestSchema;
+    output: typeof ReleaseRunResponseSchema;
+  },
+  /**
+   * Sends a command to a run's runner: the next command seq of the run, and an
+   * "agentstore.command" event in its log. Idempotent by idempotency_key: the same key with the
+   * same command returns the first; with another, ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED). A
+   * terminal run answers FAILED_PRECONDITION (RUN_TERMINAL).
+   *
+   * @generated from rpc agentstore.v1.RunService.CreateCommand
+   */
+  createCommand: {
+    methodKind: "unary";
+    input: typeof CreateCommandRequestSchema;
+    output: typeof CreateCommandResponseSchema;
+  },
+  /**
+   * Returns one command.
+   *
+   * @generated from rpc agentstore.v1.RunService.GetCommand
+   */
+  getCommand: {
+    methodKind: "unary";
+    input: typeof GetCommandRequestSchema;
+    output: typeof GetCommandResponseSchema;
+  },
+  /**
+   * Lists a run's commands in seq order after a seq, optionally in one state.
+   *
+   * @generated from rpc agentstore.v1.RunService.ListCommands
+   */
+  listCommands: {
+    methodKind: "unary";
+    input: typeof ListCommandsRequestSchema;
+    output: typeof ListCommandsResponseSchema;
+  },
+  /**
+   * The runner has taken the command: PENDING becomes ACKNOWLEDGED. Otherwise changes nothing and
+   * says so (changed = false).
+   *
+   * @generated from rpc agentstore.v1.RunService.AckCommand
+   */
+  ackCommand: {
+    methodKind: "unary";
+    input: typeof AckCommandRequestSchema;
+    output: typeof AckCommandResponseSchema;
+  },
+  /**
+   * Ends a command with COMPLETED or FAILED and its result. The first terminal state wins: later
+   * calls change nothing and say so.
+   *
+   * @generated from rpc agentstore.v1.RunService.FinishCommand
+   */
+  finishCommand: {
+    methodKind: "unary";
+    input: typeof FinishCommandRequestSchema;
+    output: typeof FinishCommandResponseSchema;
+  },
+  /**
+   * Cancels a command that has not ended. CancelRun, FinishRun and a lost lease that fails the run
+   * cancel the run's open commands in the same transaction.
+   *
+   * @generated from rpc agentstore.v1.RunService.CancelCommand
+   */
+  cancelCommand: {
+    methodKind: "unary";
+    input: typeof CancelCommandRequestSchema;
+    output: typeof CancelCommandResponseSchema;
+  },
+  /**
+   * Sends the runner that holds the run the run's commands after after_seq: the stored ones, then
+   * new ones as they are created, in seq order with no gap and no duplicate, on any replica; ends
+   * when the run ends. A runner that does not hold the run is refused (FAILED_PRECONDITION
+   * NOT_LEASE_HOLDER), and an open stream ends that way when another runner takes the run over.
+   *
+   * @generated from rpc agentstore.v1.RunService.StreamCommands
+   */
+  streamCommands: {
+    methodKind: "server_streaming";
+    input: typeof StreamCommandsRequestSchema;
+    output: typeof StreamCommandsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentstore_v1_run_service, 0);

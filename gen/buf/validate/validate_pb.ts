@@ -12,15 +12,15 @@
 
 import type { GenEnum, GenExtension, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, extDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { FieldOptions, MessageOptions, OneofOptions } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_descriptor } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldOptions, MessageOptions, OneofOptions } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_descriptor, file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file buf/validate/validate.proto.
  */
 export const file_buf_validate_validate: GenFile = /*@__PURE__*/
-  fileDesc("ChtidWYvdmFsaWRhdGUvdmFsaWRhdGUucHJvdG8SDGJ1Zi52YWxpZGF0ZSI3CgRSdWxlEgoKAmlkGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEgoKZXhwcmVzc2lvbhgDIAEoCSJHCgxNZXNzYWdlUnVsZXMSFgoOY2VsX2V4cHJlc3Npb24YBSADKAkSHwoDY2VsGAMgAygLMhIuYnVmLnZhbGlkYXRlLlJ1bGUiHgoKT25lb2ZSdWxlcxIQCghyZXF1aXJlZBgBIAEoCCKJAwoKRmllbGRSdWxlcxIWCg5jZWxfZXhwcmVzc2lvbhgdIAMoCRIfCgNjZWwYFyADKAsyEi5idWYudmFsaWRhdGUuUnVsZRIQCghyZXF1aXJlZBgZIAEoCBIkCgZpZ25vcmUYGyABKA4yFC5idWYudmFsaWRhdGUuSWdub3JlEikKBWludDMyGAMgASgLMhguYnVmLnZhbGlkYXRlLkludDMyUnVsZXNIABIpCgVpbnQ2NBgEIAEoCzIYLmJ1Zi52YWxpZGF0ZS5JbnQ2NFJ1bGVzSAASKwoGc3RyaW5nGA4gASgLMhkuYnVmLnZhbGlkYXRlLlN0cmluZ1J1bGVzSAASJwoEZW51bRgQIAEoCzIXLmJ1Zi52YWxpZGF0ZS5FbnVtUnVsZXNIABIvCghyZXBlYXRlZBgSIAEoCzIbLmJ1Zi52YWxpZGF0ZS5SZXBlYXRlZFJ1bGVzSAASJQoDbWFwGBMgASgLMhYuYnVmLnZhbGlkYXRlLk1hcFJ1bGVzSABCBgoEdHlwZSKOAQoKSW50MzJSdWxlcxINCgVjb25zdBgBIAEoBRIMCgJsdBgCIAEoBUgAEg0KA2x0ZRgDIAEoBUgAEgwKAmd0GAQgASgFSAESDQoDZ3RlGAUgASgFSAESCgoCaW4YBiADKAUSDgoGbm90X2luGAcgAygFQgsKCWxlc3NfdGhhbkIOCgxncmVhdGVyX3RoYW4ijgEKCkludDY0UnVsZXMSDQoFY29uc3QYASABKAMSDAoCbHQYAiABKANIABINCgNsdGUYAyABKANIABIMCgJndBgEIAEoA0gBEg0KA2d0ZRgFIAEoA0gBEgoKAmluGAYgAygDEg4KBm5vdF9pbhgHIAMoA0ILCglsZXNzX3RoYW5CDgoMZ3JlYXRlcl90aGFuIssCCgtTdHJpbmdSdWxlcxINCgVjb25zdBgBIAEoCRILCgNsZW4YEyABKAQSDwoHbWluX2xlbhgCIAEoBBIPCgdtYXhfbGVuGAMgASgEEhEKCWxlbl9ieXRlcxgUIAEoBBIRCgltaW5fYnl0ZXMYBCABKAQSEQoJbWF4X2J5dGVzGAUgASgEEg8KB3BhdHRlcm4YBiABKAkSDgoGcHJlZml4GAcgASgJEg4KBnN1ZmZpeBgIIAEoCRIQCghjb250YWlucxgJIAEoCRIUCgxub3RfY29udGFpbnMYFyABKAkSCgoCaW4YCiADKAkSDgoGbm90X2luGAsgAygJEg8KBWVtYWlsGAwgASgISAASEgoIaG9zdG5hbWUYDSABKAhIABINCgN1cmkYESABKAhIABIOCgR1dWlkGBYgASgISABCDAoKd2VsbF9rbm93biJMCglFbnVtUnVsZXMSDQoFY29uc3QYASABKAUSFAoMZGVmaW5lZF9vbmx5GAIgASgIEgoKAmluGAMgAygFEg4KBm5vdF9pbhgEIAMoBSJuCg1SZXBlYXRlZFJ1bGVzEhEKCW1pbl9pdGVtcxgBIAEoBBIRCgltYXhfaXRlbXMYAiABKAQSDgoGdW5pcXVlGAMgASgIEicKBWl0ZW1zGAQgASgLMhguYnVmLnZhbGlkYXRlLkZpZWxkUnVsZXMiggEKCE1hcFJ1bGVzEhEKCW1pbl9wYWlycxgBIAEoBBIRCgltYXhfcGFpcnMYAiABKAQSJgoEa2V5cxgEIAEoCzIYLmJ1Zi52YWxpZGF0ZS5GaWVsZFJ1bGVzEigKBnZhbHVlcxgFIAEoCzIYLmJ1Zi52YWxpZGF0ZS5GaWVsZFJ1bGVzKk0KBklnbm9yZRIWChJJR05PUkVfVU5TUEVDSUZJRUQQABIYChRJR05PUkVfSUZfWkVST19WQUxVRRABEhEKDUlHTk9SRV9BTFdBWVMQAzpWCgdtZXNzYWdlEh8uZ29vZ2xlLnByb3RvYnVmLk1lc3NhZ2VPcHRpb25zGIcJIAEoCzIaLmJ1Zi52YWxpZGF0ZS5NZXNzYWdlUnVsZXNSB21lc3NhZ2U6TgoFb25lb2YSHS5nb29nbGUucHJvdG9idWYuT25lb2ZPcHRpb25zGIcJIAEoCzIYLmJ1Zi52YWxpZGF0ZS5PbmVvZlJ1bGVzUgVvbmVvZjpOCgVmaWVsZBIdLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE9wdGlvbnMYhwkgASgLMhguYnVmLnZhbGlkYXRlLkZpZWxkUnVsZXNSBWZpZWxkQm4KEmJ1aWxkLmJ1Zi52YWxpZGF0ZUINVmFsaWRhdGVQcm90b1ABWkdidWYuYnVpbGQvZ2VuL2dvL2J1ZmJ1aWxkL3Byb3RvdmFsaWRhdGUvcHJvdG9jb2xidWZmZXJzL2dvL2J1Zi92YWxpZGF0ZQ", [file_google_protobuf_descriptor]);
+  fileDesc("ChtidWYvdmFsaWRhdGUvdmFsaWRhdGUucHJvdG8SDGJ1Zi52YWxpZGF0ZSI3CgRSdWxlEgoKAmlkGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEgoKZXhwcmVzc2lvbhgDIAEoCSJHCgxNZXNzYWdlUnVsZXMSFgoOY2VsX2V4cHJlc3Npb24YBSADKAkSHwoDY2VsGAMgAygLMhIuYnVmLnZhbGlkYXRlLlJ1bGUiHgoKT25lb2ZSdWxlcxIQCghyZXF1aXJlZBgBIAEoCCK6AwoKRmllbGRSdWxlcxIWCg5jZWxfZXhwcmVzc2lvbhgdIAMoCRIfCgNjZWwYFyADKAsyEi5idWYudmFsaWRhdGUuUnVsZRIQCghyZXF1aXJlZBgZIAEoCBIkCgZpZ25vcmUYGyABKA4yFC5idWYudmFsaWRhdGUuSWdub3JlEikKBWludDMyGAMgASgLMhguYnVmLnZhbGlkYXRlLkludDMyUnVsZXNIABIpCgVpbnQ2NBgEIAEoCzIYLmJ1Zi52YWxpZGF0ZS5JbnQ2NFJ1bGVzSAASKwoGc3RyaW5nGA4gASgLMhkuYnVmLnZhbGlkYXRlLlN0cmluZ1J1bGVzSAASJwoEZW51bRgQIAEoCzIXLmJ1Zi52YWxpZGF0ZS5FbnVtUnVsZXNIABIvCghyZXBlYXRlZBgSIAEoCzIbLmJ1Zi52YWxpZGF0ZS5SZXBlYXRlZFJ1bGVzSAASJQoDbWFwGBMgASgLMhYuYnVmLnZhbGlkYXRlLk1hcFJ1bGVzSAASLwoIZHVyYXRpb24YFSABKAsyGy5idWYudmFsaWRhdGUuRHVyYXRpb25SdWxlc0gAQgYKBHR5cGUijgEKCkludDMyUnVsZXMSDQoFY29uc3QYASABKAUSDAoCbHQYAiABKAVIABINCgNsdGUYAyABKAVIABIMCgJndBgEIAEoBUgBEg0KA2d0ZRgFIAEoBUgBEgoKAmluGAYgAygFEg4KBm5vdF9pbhgHIAMoBUILCglsZXNzX3RoYW5CDgoMZ3JlYXRlcl90aGFuIo4BCgpJbnQ2NFJ1bGVzEg0KBWNvbnN0GAEgASgDEgwKAmx0GAIgASgDSAASDQoDbHRlGAMgASgDSAASDAoCZ3QYBCABKANIARINCgNndGUYBSABKANIARIKCgJpbhgGIAMoAxIOCgZub3RfaW4YByADKANCCwoJbGVzc190aGFuQg4KDGdyZWF0ZXJfdGhhbiLLAgoLU3RyaW5nUnVsZXMSDQoFY29uc3QYASABKAkSCwoDbGVuGBMgASgEEg8KB21pbl9sZW4YAiABKAQSDwoHbWF4X2xlbhgDIAEoBBIRCglsZW5fYnl0ZXMYFCABKAQSEQoJbWluX2J5dGVzGAQgASgEEhEKCW1heF9ieXRlcxgFIAEoBBIPCgdwYXR0ZXJuGAYgASgJEg4KBnByZWZpeBgHIAEoCRIOCgZzdWZmaXgYCCABKAkSEAoIY29udGFpbnMYCSABKAkSFAoMbm90X2NvbnRhaW5zGBcgASgJEgoKAmluGAogAygJEg4KBm5vdF9pbhgLIAMoCRIPCgVlbWFpbBgMIAEoCEgAEhIKCGhvc3RuYW1lGA0gASgISAASDQoDdXJpGBEgASgISAASDgoEdXVpZBgWIAEoCEgAQgwKCndlbGxfa25vd24iTAoJRW51bVJ1bGVzEg0KBWNvbnN0GAEgASgFEhQKDGRlZmluZWRfb25seRgCIAEoCBIKCgJpbhgDIAMoBRIOCgZub3RfaW4YBCADKAUibgoNUmVwZWF0ZWRSdWxlcxIRCgltaW5faXRlbXMYASABKAQSEQoJbWF4X2l0ZW1zGAIgASgEEg4KBnVuaXF1ZRgDIAEoCBInCgVpdGVtcxgEIAEoCzIYLmJ1Zi52YWxpZGF0ZS5GaWVsZFJ1bGVzIoIBCghNYXBSdWxlcxIRCgltaW5fcGFpcnMYASABKAQSEQoJbWF4X3BhaXJzGAIgASgEEiYKBGtleXMYBCABKAsyGC5idWYudmFsaWRhdGUuRmllbGRSdWxlcxIoCgZ2YWx1ZXMYBSABKAsyGC5idWYudmFsaWRhdGUuRmllbGRSdWxlcyLOAgoNRHVyYXRpb25SdWxlcxIoCgVjb25zdBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhInCgJsdBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAEigKA2x0ZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAEicKAmd0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSAESKAoDZ3RlGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSAESJQoCaW4YByADKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKQoGbm90X2luGAggAygLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgsKCWxlc3NfdGhhbkIOCgxncmVhdGVyX3RoYW4qTQoGSWdub3JlEhYKEklHTk9SRV9VTlNQRUNJRklFRBAAEhgKFElHTk9SRV9JRl9aRVJPX1ZBTFVFEAESEQoNSUdOT1JFX0FMV0FZUxADOlYKB21lc3NhZ2USHy5nb29nbGUucHJvdG9idWYuTWVzc2FnZU9wdGlvbnMYhwkgASgLMhouYnVmLnZhbGlkYXRlLk1lc3NhZ2VSdWxlc1IHbWVzc2FnZTpOCgVvbmVvZhIdLmdvb2dsZS5wcm90b2J1Zi5PbmVvZk9wdGlvbnMYhwkgASgLMhguYnVmLnZhbGlkYXRlLk9uZW9mUnVsZXNSBW9uZW9mOk4KBWZpZWxkEh0uZ29vZ2xlLnByb3RvYnVmLkZpZWxkT3B0aW9ucxiHCSABKAsyGC5idWYudmFsaWRhdGUuRmllbGRSdWxlc1IFZmllbGRCbgoSYnVpbGQuYnVmLnZhbGlkYXRlQg1WYWxpZGF0ZVByb3RvUAFaR2J1Zi5idWlsZC9nZW4vZ28vYnVmYnVpbGQvcHJvdG92YWxpZGF0ZS9wcm90b2NvbGJ1ZmZlcnMvZ28vYnVmL3ZhbGlkYXRl", [file_google_protobuf_descriptor, file_google_protobuf_duration]);
 
 /**
  * @generated from message buf.validate.Rule
@@ -151,6 +151,12 @@ export type FieldRules = Message<"buf.validate.FieldRules"> & {
      */
     value: MapRules;
     case: "map";
+  } | {
+    /**
+     * @generated from field: buf.validate.DurationRules duration = 21;
+     */
+    value: DurationRules;
+    case: "duration";
   } | { case: undefined; value?: undefined };
 };
 
@@ -489,6 +495,67 @@ export type MapRules = Message<"buf.validate.MapRules"> & {
  */
 export const MapRulesSchema: GenMessage<MapRules> = /*@__PURE__*/
   messageDesc(file_buf_validate_validate, 9);
+
+/**
+ * @generated from message buf.validate.DurationRules
+ */
+export type DurationRules = Message<"buf.validate.DurationRules"> & {
+  /**
+   * @generated from field: optional google.protobuf.Duration const = 2;
+   */
+  const?: Duration | undefined;
+
+  /**
+   * @generated from oneof buf.validate.DurationRules.less_than
+   */
+  lessThan: {
+    /**
+     * @generated from field: google.protobuf.Duration lt = 3;
+     */
+    value: Duration;
+    case: "lt";
+  } | {
+    /**
+     * @generated from field: google.protobuf.Duration lte = 4;
+     */
+    value: Duration;
+    case: "lte";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from oneof buf.validate.DurationRules.greater_than
+   */
+  greaterThan: {
+    /**
+     * @generated from field: google.protobuf.Duration gt = 5;
+     */
+    value: Duration;
+    case: "gt";
+  } | {
+    /**
+     * @generated from field: google.protobuf.Duration gte = 6;
+     */
+    value: Duration;
+    case: "gte";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: repeated google.protobuf.Duration in = 7;
+   */
+  in: Duration[];
+
+  /**
+   * @generated from field: repeated google.protobuf.Duration not_in = 8;
+   */
+  notIn: Duration[];
+};
+
+/**
+ * Describes the message buf.validate.DurationRules.
+ * Use `create(DurationRulesSchema)` to create a new message.
+ */
+export const DurationRulesSchema: GenMessage<DurationRules> = /*@__PURE__*/
+  messageDesc(file_buf_validate_validate, 10);
 
 /**
  * @generated from enum buf.validate.Ignore

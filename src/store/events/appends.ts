@@ -1,6 +1,6 @@
-import { CombiningQueue, type Settled } from "../../db/combining-queue.ts";
+import { CombiningQueue, isTransientConflict, type Settled, sqlStateOf } from "../../db/combining-queue.ts";
 import type { Database } from "../../db/database.ts";
-import type { ChangeFeed } from "../../feed/feed.ts";
+import type { UnitOfWork } from "../../db/unit-of-work.ts";
 import { requestIdReused, runIsTerminal, runNotFound } from "../runs/errors.ts";
 import { appendGroup, runStatus } from "./sql.ts";
 
@@ -23,11 +23,19 @@ export interface AppendResult {
 
 export const RUN_EVENTS_CHANNEL = "run_events";
 
+/** A concurrent append recorded the same request id first (run_event_batches' key). */
+const UNIQUE_VIOLATION = "23505";
+
+/** What the statement said of one call. */
+type Outcome = { value: AppendResult; placed: boolean; storedHash: string | null };
+
 export interface AppendGroupsOptions {
   /** Statements in flight at once; calls arriving meanwhile go into the next one together. */
   slots: number;
   /** Most calls per statement. */
   maxGroup: number;
+  /** Most payload bytes per statement (a single larger call still goes, alone). */
+  maxGroupBytes: number;
   /** An append on its own, through the unit of work: the path a failed group's calls retry by. */
   appendAlone(call: AppendCall): Promise<AppendResult>;
 }
@@ -37,24 +45,32 @@ export interface AppendGroupsOptions {
  * autocommitted statement (sql.ts appendGroup): seq allocation, the events, the idempotency
  * records and the feed's NOTIFY in one round trip and one commit for the whole group, with each
  * call's own seqs and its own error. When calls do not overlap, each is a group of one and goes at
- * once. A statement that fails as a whole (a deadlock across replicas, a concurrent duplicate
- * request id hitting the batch table's key) sends each of its calls through the ordinary
- * transaction instead, which handles those races one by one.
+ * once. A statement that failed in a way that certainly wrote nothing (a deadlock across
+ * replicas, a concurrent duplicate request id hitting the batch table's key) sends each of its
+ * calls through the ordinary transaction, which handles those races one by one; any other failure
+ * (a connection lost mid-commit: did it commit?) fails the calls, which retry with their request
+ * ids, rather than risk appending them twice.
+ *
+ * This statement commits outside the unit of work's transactions, so it notifies in its own SQL
+ * and tells the in-process feed through UnitOfWork.committed: the one sanctioned exception to
+ * "every write is a `uow.run`", for the one path hot enough to need a single round trip.
  */
 export class AppendGroups {
   readonly #db: Database;
-  readonly #feed: ChangeFeed;
+  readonly #uow: UnitOfWork;
   readonly #queue: CombiningQueue<AppendCall, AppendResult>;
 
-  constructor(db: Database, feed: ChangeFeed, options: AppendGroupsOptions) {
+  constructor(db: Database, uow: UnitOfWork, options: AppendGroupsOptions) {
     this.#db = db;
-    this.#feed = feed;
+    this.#uow = uow;
     this.#queue = new CombiningQueue({
       slots: options.slots,
       maxGroup: options.maxGroup,
+      maxGroupBytes: options.maxGroupBytes,
+      sizeOf: (call) => call.batchJson.length,
       runGroup: (calls) => this.#runGroup(calls),
       runAlone: options.appendAlone,
-      retrySingle: true,
+      retryAlone: (err) => isTransientConflict(err) || sqlStateOf(err) === UNIQUE_VIOLATION,
     });
   }
 
@@ -90,8 +106,10 @@ export class AppendGroups {
           `"q":${JSON.stringify(c.requestId)},"h":${JSON.stringify(c.requestHash)}}`,
       )
       .join(",")}]`;
-    const rows = await this.#db.sql.all(appendGroup, callsJson, this.#feed.notifyChannel ?? null);
-    const outcomes = new Map<number, Settled<AppendResult>>();
+    const rows = await this.#db.sql.all(appendGroup, callsJson, this.#uow.notifyChannel ?? null);
+    // The statement committed. From here on nothing may throw: a throw would send the group's
+    // calls through again, and those already placed would be appended twice.
+    const outcomes = new Map<number, Outcome>();
     const changes = new Map<string, { tenant: string; runId: string; seq: number }>();
     for (const row of rows) {
       if (row.outcome === "notified") continue;
@@ -100,12 +118,9 @@ export class AppendGroups {
       if (index === undefined || call === undefined || row.firstSeq === null || row.lastSeq === null)
         continue;
       const value = { firstSeq: row.firstSeq, lastSeq: row.lastSeq, createdAt: row.createdAt ?? new Date() };
-      if (row.outcome === "existing" && row.requestHash !== call.requestHash) {
-        outcomes.set(index, { ok: false, error: requestIdReused(call.requestId ?? "") });
-        continue;
-      }
-      outcomes.set(index, { ok: true, value });
-      if (row.outcome === "placed") {
+      const placed = row.outcome === "placed";
+      outcomes.set(index, { value, placed, storedHash: placed ? call.requestHash : row.requestHash });
+      if (placed) {
         const key = `${call.tenant}\u0000${call.runId}`;
         const seen = changes.get(key);
         if (seen === undefined || seen.seq < value.lastSeq) {
@@ -113,34 +128,37 @@ export class AppendGroups {
         }
       }
     }
-    // The statement committed: tell the in-process feed (PostgreSQL's already has its NOTIFY).
-    if (changes.size > 0) {
-      this.#feed.committed(
-        [...changes.values()].map((c) => ({
-          channel: RUN_EVENTS_CHANNEL,
-          tenant: c.tenant,
-          key: c.runId,
-          seq: c.seq,
-        })),
-      );
-    }
+    // Tell the in-process feed (PostgreSQL's already has the statement's NOTIFY).
+    this.#uow.committed(
+      [...changes.values()].map((c) => ({
+        channel: RUN_EVENTS_CHANNEL,
+        tenant: c.tenant,
+        key: c.runId,
+        seq: c.seq,
+      })),
+    );
     const settled: Settled<AppendResult>[] = [];
     for (const [i, call] of calls.entries()) {
-      const own = outcomes.get(sameAs[i] ?? i);
-      if (own === undefined) {
+      const outcome = outcomes.get(sameAs[i] ?? i);
+      if (outcome === undefined) {
         settled.push(await this.#whyNot(call));
-      } else if (own.ok && sameAs[i] !== i && calls[sameAs[i] ?? i]?.requestHash !== call.requestHash) {
-        settled.push({ ok: false, error: requestIdReused(call.requestId ?? "") });
+      } else if (call.requestId !== null && outcome.storedHash !== call.requestHash) {
+        // The request id holds other events: recorded before, or by an earlier call of this group.
+        settled.push({ ok: false, error: requestIdReused(call.requestId) });
       } else {
-        settled.push(own);
+        settled.push({ ok: true, value: outcome.value });
       }
     }
     return settled;
   }
 
-  /** A call that took no append: its run is missing or terminal. */
+  /** A call that took no append: its run is missing or terminal (or the question failed). */
   async #whyNot(call: AppendCall): Promise<Settled<AppendResult>> {
-    const run = await this.#db.sql.first(runStatus, call.tenant, call.runId);
-    return { ok: false, error: run === undefined ? runNotFound(call.runId) : runIsTerminal(run) };
+    try {
+      const run = await this.#db.sql.first(runStatus, call.tenant, call.runId);
+      return { ok: false, error: run === undefined ? runNotFound(call.runId) : runIsTerminal(run) };
+    } catch (error) {
+      return { ok: false, error };
+    }
   }
 }

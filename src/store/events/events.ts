@@ -6,12 +6,12 @@ import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging 
 import type { Redactor } from "../../core/redact.ts";
 import type { Database } from "../../db/database.ts";
 import type { UnitOfWork } from "../../db/unit-of-work.ts";
-import type { ChangeFeed } from "../../feed/feed.ts";
 import { RunEntity } from "../runs/entities.ts";
 import { requestIdReused, runIsTerminal, runNotFound } from "../runs/errors.ts";
 import { type AppendCall, AppendGroups, type AppendResult, RUN_EVENTS_CHANNEL } from "./appends.ts";
 import { RunEventBatchEntity } from "./entities.ts";
-import { appendEvents, lastSeq, readEvents, recordBatch } from "./sql.ts";
+import { SERVER_EVENT_PREFIX } from "./server-events.ts";
+import { appendEvents, lastSeq, latestClaimBy, readEvents, recordBatch } from "./sql.ts";
 
 export { RUN_EVENTS_CHANNEL };
 export const TERMINAL_EVENT_TYPE = "terminal_status";
@@ -49,14 +49,13 @@ const EVENT_LIST: ListSpec<string[]> = {
 /** One ListRunEvents page carries about this much payload, below gRPC's common 4 MiB limit. */
 const EVENT_PAGE_BYTES = 3 * 1024 * 1024;
 
-/** Most appends one combined statement carries. */
+/** Most appends one combined statement carries, and most payload bytes. */
 const MAX_APPEND_GROUP = 128;
+const MAX_APPEND_GROUP_BYTES = 16 * 1024 * 1024;
 
 export interface EventStoreOptions {
   limits: RunLimits;
   redact: Redactor;
-  /** The feed, for the combined append statement, which notifies by itself. */
-  feed: ChangeFeed;
   /** Combined append statements in flight at once. */
   writeSlots: number;
 }
@@ -83,9 +82,10 @@ export class EventStore {
     this.#paging = paging;
     this.#limits = options.limits;
     this.#redact = options.redact;
-    this.#appends = new AppendGroups(db, options.feed, {
+    this.#appends = new AppendGroups(db, uow, {
       slots: options.writeSlots,
       maxGroup: MAX_APPEND_GROUP,
+      maxGroupBytes: MAX_APPEND_GROUP_BYTES,
       appendAlone: (call) => this.#appendAlone(call),
     });
   }
@@ -220,6 +220,11 @@ export class EventStore {
     return { events, more: rows.length > 0 && (rows[0]?.available ?? 0) > rows.length };
   }
 
+  /** Where the runner's current hold of the run began in its log (its latest claim event), if ever. */
+  async latestClaimBy(tenant: string, runId: string, runnerId: string): Promise<number | undefined> {
+    return (await this.#db.sql.first(latestClaimBy, tenant, runId, runnerId))?.seq ?? undefined;
+  }
+
   /** The run's newest committed seq. NOT_FOUND when the run does not exist. */
   async lastSeq(tenant: string, runId: string): Promise<number> {
     const row = await this.#db.sql.first(lastSeq, tenant, runId);
@@ -239,11 +244,11 @@ export class EventStore {
     }
     let total = 0;
     const encoded = events.map((event, index) => {
-      if (event.type === TERMINAL_EVENT_TYPE) {
+      if (event.type === TERMINAL_EVENT_TYPE || event.type.startsWith(SERVER_EVENT_PREFIX)) {
         throw new DomainError(
           "INVALID_ARGUMENT",
           "RESERVED_EVENT_TYPE",
-          `events[${index}].type "${TERMINAL_EVENT_TYPE}" is written by FinishRun and CancelRun only`,
+          `events[${index}].type "${event.type}" is written by the server only ("${TERMINAL_EVENT_TYPE}" and "${SERVER_EVENT_PREFIX}*")`,
           { index: String(index) },
         );
       }

@@ -184,3 +184,30 @@ export const runStatus = statement<[tenant: string, runId: string]>()({
   text: "select id, status from runs where tenant_id = $1 and id = $2",
   row: { id: col.text("id"), status: col.text("status") },
 });
+
+/**
+ * One event the server itself writes into a run's log (a claim, a release, a command, ...), at
+ * the run's next seq under its row lock. The caller holds the run active in the same transaction.
+ */
+export const appendServerEvent = statement<
+  [tenant: string, runId: string, type: string, payloadJson: string]
+>()({
+  name: "events.append_server",
+  text: `with bumped as (
+           update runs set last_seq = last_seq + 1, updated_at = clock_timestamp()
+           where tenant_id = $1 and id = $2
+           returning last_seq, updated_at
+         )
+         insert into run_events (tenant_id, run_id, seq, type, payload, created_at)
+         select $1, $2, last_seq, $3, $4::jsonb, updated_at from bumped
+         returning seq, created_at`,
+  row: { seq: col.safeInt("seq"), createdAt: col.timestamp("created_at") },
+});
+
+/** The seq of the latest claim of the run by a runner: the start of its current tenure, if any. */
+export const latestClaimBy = statement<[tenant: string, runId: string, runnerId: string]>()({
+  name: "events.latest_claim_by",
+  text: `select max(seq) as seq from run_events
+         where tenant_id = $1 and run_id = $2 and type = 'agentstore.claim' and payload->>'runner_id' = $3`,
+  row: { seq: col.safeIntOrNull("seq") },
+});

@@ -47,6 +47,12 @@ export const RunEntity = defineEntity({
     firstHumanMessage: p.text().nullable(),
     lastAiMessage: p.text().nullable(),
     lastSeq: p.bigint("number").default(0),
+    /** Labels a runner selects runs by (ClaimNextRun). */
+    labels: p.json<Record<string, string>>().defaultRaw("'{}'::jsonb"),
+    /** "fail" or "requeue": what lease recovery does when the holder goes silent. */
+    leaseLostPolicy: p.text().default("fail"),
+    /** Commands are numbered per run from this counter, under the run's row lock. */
+    lastCommandSeq: p.bigint("number").default(0),
     /** Position in the tenant's "runs" version stream (WatchRuns); bumped by every change. */
     version: p.bigint("number").default(0),
     createdAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
@@ -61,6 +67,18 @@ export const RunEntity = defineEntity({
     { name: "runs_session_idx", properties: ["tenantId", "sessionId", "createdAt"] },
     { name: "runs_user_idx", properties: ["tenantId", "userId", "createdAt"] },
     { name: "runs_version_idx", properties: ["tenantId", "version"] },
+    {
+      // Lease recovery: held runs by lease expiry.
+      name: "runs_lease_idx",
+      expression:
+        "create index runs_lease_idx on runs (lease_expires_at) where runner_id is not null and status in ('claimed','running')",
+    },
+    {
+      // Dispatch: pending runs oldest first.
+      name: "runs_pending_idx",
+      expression:
+        "create index runs_pending_idx on runs (tenant_id, created_at, id) where status = 'pending'",
+    },
     {
       name: "runs_inflight_idx",
       expression: `create index runs_inflight_idx on runs (tenant_id, created_at, id) where status in (${quoted(ACTIVE_STATUSES)})`,

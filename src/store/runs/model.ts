@@ -11,6 +11,12 @@ export const isTerminal = (status: string): status is TerminalStatus =>
 
 export type MultitaskStrategy = "reject" | "enqueue" | "interrupt";
 
+/** What lease recovery does with a run whose runner went silent. */
+export type LeaseLostPolicy = "fail" | "requeue";
+
+/** Feed channel told whenever a run becomes PENDING (created, released, requeued): ClaimNextRun waits on it. */
+export const PENDING_RUNS_CHANNEL = "runs.pending";
+
 /** The name of the version stream that WatchRuns follows. */
 export const RUNS_STREAM = "runs";
 
@@ -25,6 +31,8 @@ export interface NewRun {
   metadata: Record<string, unknown>;
   input: Record<string, unknown>;
   multitaskStrategy: MultitaskStrategy;
+  labels: Record<string, string>;
+  leaseLostPolicy: LeaseLostPolicy;
 }
 
 /** Token counters, exact int64 end to end: a client's 9007199254740993 comes back as sent. */
@@ -105,6 +113,8 @@ export interface Run {
   metadata: Record<string, unknown>;
   input: Record<string, unknown>;
   multitaskStrategy: MultitaskStrategy;
+  labels: Record<string, string>;
+  leaseLostPolicy: LeaseLostPolicy;
   status: RunStatus;
   failureKind: string | null;
   failureMessage: string | null;
@@ -115,6 +125,7 @@ export interface Run {
   firstHumanMessage: string | null;
   lastAiMessage: string | null;
   lastSeq: number;
+  lastCommandSeq: number;
   version: number;
   createdAt: Date;
   updatedAt: Date;

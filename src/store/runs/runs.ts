@@ -6,6 +6,8 @@ import { stableHash } from "../../core/hash.ts";
 import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging } from "../../core/paging.ts";
 import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
+import { CommandEntity } from "../commands/entities.ts";
+import { cancelOpenCommands } from "../commands/sql.ts";
 import { RunEventBatchEntity, RunEventEntity } from "../events/entities.ts";
 import { RUN_EVENTS_CHANNEL } from "../events/events.ts";
 import { insertTerminalEvent } from "../events/sql.ts";
@@ -16,6 +18,7 @@ import {
   isTerminal,
   type MultitaskStrategy,
   type NewRun,
+  PENDING_RUNS_CHANNEL,
   RUNS_STREAM,
   type Run,
   type RunFilter,
@@ -23,7 +26,7 @@ import {
   type RunSnapshot,
   type RunStatus,
 } from "./model.ts";
-import { insertRun, lockThread, terminateRun, updateProgress } from "./sql.ts";
+import { insertRun, lockThread, runsStreamHead, terminateRun, updateProgress } from "./sql.ts";
 
 /** Thrown inside a transaction to roll it back when a concurrent idempotent create won the race. */
 class LostIdempotencyRace extends Error {}
@@ -107,8 +110,11 @@ export class RunStore {
             JSON.stringify(run.input),
             run.multitaskStrategy,
             version,
+            JSON.stringify(run.labels),
+            run.leaseLostPolicy,
           );
           if (inserted === undefined) throw new LostIdempotencyRace();
+          tx.publish({ channel: PENDING_RUNS_CHANNEL, tenant, key: "", seq: version });
           return toRun(inserted.run);
         });
       } catch (err) {
@@ -117,6 +123,11 @@ export class RunStore {
         throw err;
       }
     }
+  }
+
+  /** The newest version of the tenant's runs stream (WatchRuns), 0 before the first change. */
+  async watchHead(tenant: string): Promise<number> {
+    return (await this.#db.sql.first(runsStreamHead, tenant))?.head ?? 0;
   }
 
   async getRun(tenant: string, runId: string): Promise<Run> {
@@ -218,6 +229,7 @@ export class RunStore {
       }
       await tx.em.nativeDelete(RunEventEntity, { tenantId: tenant, runId });
       await tx.em.nativeDelete(RunEventBatchEntity, { tenantId: tenant, runId });
+      await tx.em.nativeDelete(CommandEntity, { tenantId: tenant, runId });
       await tx.em.nativeDelete(RunEntity, { tenantId: tenant, id: runId });
     });
   }
@@ -268,10 +280,10 @@ export class RunStore {
 
 /**
  * Moves an active run to a terminal status and appends its terminal event in the same
- * transaction, so streams always end. Returns undefined when the run is missing or already
- * terminal (the first terminal status wins).
+ * transaction, so streams always end; the run's open commands are cancelled with it. Returns
+ * undefined when the run is missing or already terminal (the first terminal status wins).
  */
-async function terminate(
+export async function terminate(
   tx: Tx,
   tenant: string,
   runId: string,
@@ -295,6 +307,13 @@ async function terminate(
     failure_kind: outcome.failureKind ?? "",
     failure_message: outcome.failureMessage ?? "",
   };
+  await tx.sql.all(
+    cancelOpenCommands,
+    tenant,
+    runId,
+    "run_ended",
+    `the run ended ${outcome.status} before the command did`,
+  );
   await tx.sql.all(insertTerminalEvent, tenant, runId, run.lastSeq, JSON.stringify(payload), run.updatedAt);
   tx.publish({ channel: RUN_EVENTS_CHANNEL, tenant, key: runId, seq: run.lastSeq });
   return run;
@@ -334,6 +353,8 @@ export function toRun(row: RunRow): Run {
     metadata: row.metadata,
     input: row.input,
     multitaskStrategy: row.multitaskStrategy as MultitaskStrategy,
+    labels: row.labels ?? {},
+    leaseLostPolicy: row.leaseLostPolicy === "requeue" ? "requeue" : "fail",
     status: row.status as RunStatus,
     failureKind: row.failureKind ?? null,
     failureMessage: row.failureMessage ?? null,
@@ -352,6 +373,7 @@ export function toRun(row: RunRow): Run {
     firstHumanMessage: row.firstHumanMessage ?? null,
     lastAiMessage: row.lastAiMessage ?? null,
     lastSeq: Number(row.lastSeq),
+    lastCommandSeq: Number(row.lastCommandSeq),
     version: Number(row.version),
     createdAt: row.createdAt,
     updatedAt: row.updatedAt,

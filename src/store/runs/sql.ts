@@ -31,6 +31,8 @@ type InsertRunParams = [
   inputJson: string,
   multitaskStrategy: string,
   version: number,
+  labelsJson: string,
+  leaseLostPolicy: string,
 ];
 
 /**
@@ -41,8 +43,10 @@ type InsertRunParams = [
 export const insertRun = statement<InsertRunParams>()({
   name: "runs.insert",
   text: `insert into runs (tenant_id, id, request_id, request_hash, thread_id, session_id, assistant_id, user_id,
-           project, model_name, backend_profile, metadata, input, multitask_strategy, status, version)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14, 'pending', $15)
+           project, model_name, backend_profile, metadata, input, multitask_strategy, status, version, labels,
+           lease_lost_policy)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14, 'pending', $15, $16::jsonb,
+           $17)
          on conflict (tenant_id, request_id) do nothing
          returning *`,
   row: { run: col.entity(RunEntity) },
@@ -163,4 +167,112 @@ export const runsChangedAfter = statement<[tenant: string, afterVersion: number,
          ) r on true
          order by r.version`,
   row: { head: col.safeInt("head"), run: col.entityOrNull(RunEntity, "id") },
+});
+
+/** The run a claim or release is about, locked, with whether its lease is still running. */
+export const lockRun = statement<[tenant: string, runId: string]>()({
+  name: "runs.lock",
+  text: `select id, status, runner_id, lease_expires_at, coalesce(lease_expires_at > clock_timestamp(), false) as lease_live
+         from runs where tenant_id = $1 and id = $2 for update`,
+  row: {
+    id: col.text("id"),
+    status: col.text("status"),
+    runnerId: col.textOrNull("runner_id"),
+    leaseExpiresAt: col.timestampOrNull("lease_expires_at"),
+    leaseLive: col.boolean("lease_live"),
+  },
+});
+
+/** Gives the locked run to a runner until now + lease (by the database's clock). */
+export const claimRun = statement<
+  [tenant: string, runId: string, runnerId: string, leaseMs: number, version: number]
+>()({
+  name: "runs.claim",
+  text: `update runs set status = case when status = 'pending' then 'claimed' else status end,
+           runner_id = $3, lease_expires_at = clock_timestamp() + make_interval(secs => $4 / 1000.0),
+           version = $5, updated_at = clock_timestamp()
+         where tenant_id = $1 and id = $2
+         returning *`,
+  row: { run: col.entity(RunEntity) },
+});
+
+type PendingFilterParams = [
+  tenant: string,
+  assistantId: string | null,
+  backendProfile: string | null,
+  project: string | null,
+  labelsJson: string,
+];
+
+/**
+ * The oldest PENDING run that matches, locked; runs another transaction has locked (another
+ * runner claiming them right now) are skipped rather than waited for, so racing runners each get
+ * a different run. A run waits while an earlier run of its thread is still active (ENQUEUE).
+ */
+export const nextPendingRun = statement<PendingFilterParams>()({
+  name: "runs.next_pending",
+  text: `select r.id from runs r
+         where r.tenant_id = $1 and r.status = 'pending'
+           and ($2::text is null or r.assistant_id = $2)
+           and ($3::text is null or r.backend_profile = $3)
+           and ($4::text is null or r.project = $4)
+           and r.labels @> $5::jsonb
+           and not exists (
+             select 1 from runs o
+             where o.tenant_id = r.tenant_id and o.thread_id = r.thread_id
+               and o.status in ('pending', 'claimed', 'running')
+               and (o.created_at, o.id) < (r.created_at, r.id))
+         order by r.created_at, r.id
+         limit 1
+         for update skip locked`,
+  row: { id: col.text("id") },
+});
+
+/** Extends the holder's lease, saying how late the renewal came if the lease had expired. */
+export const renewLease = statement<[tenant: string, runId: string, runnerId: string, leaseMs: number]>()({
+  name: "runs.renew_lease",
+  text: `with old as (
+           select id, lease_expires_at from runs
+           where tenant_id = $1 and id = $2 and runner_id = $3 and status in ('claimed', 'running')
+           for update
+         )
+         update runs r set lease_expires_at = clock_timestamp() + make_interval(secs => $4 / 1000.0)
+         from old where r.tenant_id = $1 and r.id = old.id
+         returning r.*, greatest(0, extract(epoch from clock_timestamp() - old.lease_expires_at) * 1000)::int8 as late_ms`,
+  row: { run: col.entity(RunEntity), lateMs: col.safeInt("late_ms") },
+});
+
+/** A held run back to PENDING, for any runner (release, deregistration, requeue on lease loss). */
+export const unclaimRun = statement<[tenant: string, runId: string, version: number]>()({
+  name: "runs.unclaim",
+  text: `update runs set status = 'pending', runner_id = null, lease_expires_at = null, version = $3,
+           updated_at = clock_timestamp()
+         where tenant_id = $1 and id = $2 and status in ('claimed', 'running')
+         returning *`,
+  row: { run: col.entity(RunEntity) },
+});
+
+/** Held runs whose lease ran out more than the grace ago, across tenants, oldest expiry first. */
+export const expiredLeases = statement<[graceMs: number, limit: number]>()({
+  name: "runs.expired_leases",
+  text: `select tenant_id, id, runner_id, lease_lost_policy, lease_expires_at from runs
+         where runner_id is not null and status in ('claimed', 'running')
+           and lease_expires_at < clock_timestamp() - make_interval(secs => $1 / 1000.0)
+         order by lease_expires_at
+         limit $2
+         for update skip locked`,
+  row: {
+    tenant: col.text("tenant_id"),
+    id: col.text("id"),
+    runnerId: col.text("runner_id"),
+    policy: col.text("lease_lost_policy"),
+    leaseExpiresAt: col.timestamp("lease_expires_at"),
+  },
+});
+
+/** One sweeper at a time across replicas: the lock goes with the transaction. */
+export const trySweepLock = statement<[key: number]>()({
+  name: "runs.try_sweep_lock",
+  text: "select pg_try_advisory_xact_lock($1) as locked",
+  row: { locked: col.boolean("locked") },
 });
