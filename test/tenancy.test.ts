@@ -101,6 +101,40 @@ for (const backend of await backends()) {
       );
     });
 
+    it("runners, claims, commands and jobs of another tenant are NOT_FOUND or invisible", async () => {
+      const runnerId = "shared-runner-name";
+      await alpha.runners.registerRunner({ runnerId, labels: { team: "a" } });
+      await alpha.runs.claimRun({ runId, runnerId });
+      const { command } = await alpha.runs.createCommand({ runId, type: 1, payload: { prompt: "secret" } });
+      const commandId = command?.commandId ?? "";
+      await alpha.runners.recordRunnerJob({ runId, runnerId, jobName: "j", idempotencyKey: "k" });
+
+      await rejectsWith(beta.runners.getRunner({ runnerId }), Code.NotFound, "RUNNER_NOT_FOUND");
+      await rejectsWith(beta.runners.runnerHeartbeat({ runnerId }), Code.NotFound, "RUNNER_NOT_FOUND");
+      await rejectsWith(beta.runners.deregisterRunner({ runnerId }), Code.NotFound, "RUNNER_NOT_FOUND");
+      assert.deepEqual((await beta.runners.listRunners({})).runners, []);
+      // The same runner id in beta is beta's own runner; it still cannot reach alpha's run.
+      await beta.runners.registerRunner({ runnerId });
+      const notFound = (call: Promise<unknown>, reason: string) => rejectsWith(call, Code.NotFound, reason);
+      await notFound(beta.runs.claimRun({ runId, runnerId }), "RUN_NOT_FOUND");
+      await notFound(beta.runs.renewRunLease({ runId, runnerId }), "RUN_NOT_FOUND");
+      await notFound(beta.runs.releaseRun({ runId, runnerId }), "RUN_NOT_FOUND");
+      await notFound(beta.runs.createCommand({ runId, type: 1 }), "RUN_NOT_FOUND");
+      await notFound(beta.runs.listCommands({ runId }), "RUN_NOT_FOUND");
+      await notFound(beta.runs.getCommand({ commandId }), "COMMAND_NOT_FOUND");
+      await notFound(beta.runs.ackCommand({ commandId }), "COMMAND_NOT_FOUND");
+      await notFound(beta.runs.finishCommand({ commandId, state: 3 }), "COMMAND_NOT_FOUND");
+      await notFound(beta.runs.cancelCommand({ commandId }), "COMMAND_NOT_FOUND");
+      await notFound(collect(beta.runs.streamCommands({ runId, runnerId })), "RUN_NOT_FOUND");
+      await notFound(beta.runners.recordRunnerJob({ runId, runnerId, jobName: "j" }), "RUN_NOT_FOUND");
+      await notFound(beta.runners.listRunnerJobs({ runId }), "RUN_NOT_FOUND");
+      const { run: stillPending } = await beta.runs.claimNextRun({ runnerId });
+      assert.notEqual(stillPending?.runId, runId, "beta's dispatch never offers alpha's runs");
+      // Nothing of alpha's changed.
+      assert.equal((await alpha.runs.getCommand({ commandId })).command?.state, 1);
+      assert.equal((await alpha.runs.getRun({ runId })).run?.runnerId, runnerId);
+    });
+
     it("the same request_id and thread in another tenant are independent", async () => {
       const { run } = await beta.runs.createRun({
         run: { threadId, userId: "u" },

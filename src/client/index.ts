@@ -17,10 +17,14 @@ import { createConnectTransport, createGrpcTransport, Http2SessionManager } from
 import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
 import { RunStatus } from "../../gen/agentstore/v1/run_pb.ts";
 import { RunService } from "../../gen/agentstore/v1/run_service_pb.ts";
+import { RunnerService } from "../../gen/agentstore/v1/runner_service_pb.ts";
 
+export * from "../../gen/agentstore/v1/command_pb.ts";
 export * from "../../gen/agentstore/v1/run_event_pb.ts";
 export * from "../../gen/agentstore/v1/run_pb.ts";
 export * from "../../gen/agentstore/v1/run_service_pb.ts";
+export * from "../../gen/agentstore/v1/runner_pb.ts";
+export * from "../../gen/agentstore/v1/runner_service_pb.ts";
 export { Code, ConnectError };
 
 export interface ClientOptions {
@@ -56,8 +60,10 @@ export interface FollowOptions {
 }
 
 export interface AgentStoreClient {
-  /** Every RunService RPC, typed. */
+  /** Every RunService RPC, typed: runs, events, claims and leases, commands. */
   readonly runs: Client<typeof RunService>;
+  /** Every RunnerService RPC, typed: registration, heartbeats, runner jobs. */
+  readonly runners: Client<typeof RunnerService>;
   /**
    * Follows a run's events from `afterSeq` to its terminal event. When the connection drops or the
    * server restarts it reconnects by itself and resumes after the last seq it yielded, so the
@@ -144,6 +150,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
         })
       : createGrpcTransport({ baseUrl: options.baseUrl, interceptors, sessionManager });
   const runs = createConnectClient(RunService, transport);
+  const runners = createConnectClient(RunnerService, transport);
 
   async function* followRunEvents(runId: string, follow: FollowOptions = {}) {
     const { signal, types = [], maxReconnects = Number.POSITIVE_INFINITY } = follow;
@@ -185,6 +192,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
 
   return {
     runs,
+    runners,
     followRunEvents,
     close: () => sessionManager?.abort(),
   };

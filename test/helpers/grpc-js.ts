@@ -11,16 +11,21 @@ import { ROOT } from "./servers.ts";
  * A plain @grpc/grpc-js client built at run time from proto/ with @grpc/proto-loader: what a
  * polyglot client sees, with no generated TypeScript and no Connect involved.
  */
-const definition = protoLoader.loadSync(["agentstore/v1/run_service.proto", "grpc/health/v1/health.proto"], {
-  includeDirs: [join(ROOT, "proto"), join(ROOT, "third_party/proto")],
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-});
+const definition = protoLoader.loadSync(
+  ["agentstore/v1/run_service.proto", "agentstore/v1/runner_service.proto", "grpc/health/v1/health.proto"],
+  {
+    includeDirs: [join(ROOT, "proto"), join(ROOT, "third_party/proto")],
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  },
+);
 const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-  agentstore: { v1: { RunService: grpc.ServiceClientConstructor } };
+  agentstore: {
+    v1: { RunService: grpc.ServiceClientConstructor; RunnerService: grpc.ServiceClientConstructor };
+  };
   grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
 };
 
@@ -42,6 +47,20 @@ export function grpcRunService(port: number, apiKey?: string): GrpcClient {
       },
     });
   return new loaded.agentstore.v1.RunService(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+    interceptors: [addKey],
+  }) as GrpcClient;
+}
+
+/** RunnerService over grpc-js. */
+export function grpcRunnerService(port: number, apiKey?: string): GrpcClient {
+  const addKey: grpc.Interceptor = (options, next) =>
+    new grpc.InterceptingCall(next(options), {
+      start(metadata, listener, start) {
+        if (apiKey !== undefined) metadata.set("authorization", `Bearer ${apiKey}`);
+        start(metadata, listener);
+      },
+    });
+  return new loaded.agentstore.v1.RunnerService(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
     interceptors: [addKey],
   }) as GrpcClient;
 }
