@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
@@ -32,10 +32,9 @@ describe("the README's examples", () => {
   before(async () => {
     db = await pglite().create();
     server = await startServer(db);
-    // The TypeScript example imports the package by name, which resolves to the built client.
-    if (!existsSync(join(ROOT, "dist/src/client/index.js"))) {
-      await run(join(ROOT, "node_modules/.bin/tsc"), ["-p", "tsconfig.build.json"], { cwd: ROOT });
-    }
+    // The TypeScript examples import the package by name, which resolves to the built client:
+    // build it, so that they run against the client of this checkout.
+    await run(join(ROOT, "node_modules/.bin/tsc"), ["-p", "tsconfig.build.json"], { cwd: ROOT });
   });
   after(async () => {
     await server?.close();
@@ -43,7 +42,14 @@ describe("the README's examples", () => {
   });
 
   it("has the blocks this test runs", () => {
-    assert.deepEqual([...blocks.keys()].sort(), ["errors", "health", "runs", "typescript"]);
+    assert.deepEqual([...blocks.keys()].sort(), [
+      "errors",
+      "health",
+      "runner",
+      "runner-typescript",
+      "runs",
+      "typescript",
+    ]);
   });
 
   const sh = async (name: string) => {
@@ -75,20 +81,42 @@ describe("the README's examples", () => {
     for (let i = 0; i < 2; i++) assert.match(await sh("errors"), /"reason": "RUN_NOT_FOUND"/);
   });
 
-  it("the TypeScript example runs twice and ends", async () => {
-    const block = blocks.get("typescript");
-    assert.ok(block);
-    // Inside the package, so that `agentstore/client` resolves by the package's own name.
-    const file = join(ROOT, `.readme-example-${process.pid}.ts`);
+  /** Runs a TypeScript block twice, inside the package so that `agentstore/client` resolves by name. */
+  const ts = async (name: string): Promise<string[]> => {
+    const block = blocks.get(name);
+    assert.ok(block, `README block ${name}`);
+    const file = join(ROOT, `.readme-example-${process.pid}-${name}.ts`);
     writeFileSync(file, block.code);
     try {
+      const outputs: string[] = [];
       for (let i = 0; i < 2; i++) {
         const { stdout } = await run(process.execPath, [file], { cwd: ROOT, env: env(), timeout: 60_000 });
-        assert.match(stdout, /^1 assistant_message \{ text: 'hi' \}$/m);
-        assert.match(stdout, /^2 terminal_status /m);
+        outputs.push(stdout);
       }
+      return outputs;
     } finally {
       rmSync(file, { force: true });
     }
+  };
+
+  it("the TypeScript example runs twice and ends", async () => {
+    for (const stdout of await ts("typescript")) {
+      assert.match(stdout, /^1 assistant_message \{ text: 'hi' \}$/m);
+      assert.match(stdout, /^2 terminal_status /m);
+    }
+  });
+
+  it("the runner protocol in buf curl runs twice: register, claim, stream commands, report, finish", async () => {
+    for (let i = 0; i < 2; i++) {
+      const out = await sh("runner");
+      assert.match(out, /"status": "RUN_STATUS_CLAIMED"/);
+      assert.match(out, /^fix the bug$/m, "the streamed command carried its payload");
+      assert.match(out, /"renewedRuns": "1"/);
+      assert.match(out, /"status": "RUN_STATUS_COMPLETED"/);
+    }
+  });
+
+  it("the TypeScript runner loop runs twice and ends", async () => {
+    for (const stdout of await ts("runner-typescript")) assert.match(stdout, /^command 1: you said hello$/m);
   });
 });

@@ -18,6 +18,12 @@ export interface Tx {
    * watchers. See `bumpVersion` below for why versions never commit out of order.
    */
   nextVersion(tenant: string, stream: string): Promise<number>;
+  /**
+   * Takes the tenant's version lock of a stream without a new version (nextVersion later in the
+   * transaction takes it again, at no cost): for transactions that must hold it before they lock
+   * rows, and may in the end change nothing.
+   */
+  lockVersion(tenant: string, stream: string): Promise<void>;
 }
 
 /** The feed channel of a version-ordered stream. */
@@ -37,6 +43,14 @@ const bumpVersion = statement<[tenant: string, stream: string]>()({
   name: "watch_versions.bump",
   text: `insert into watch_versions (tenant_id, stream, version) values ($1, $2, 1)
          on conflict (tenant_id, stream) do update set version = watch_versions.version + 1
+         returning version`,
+  row: { version: col.safeInt("version") },
+});
+
+const lockVersionRow = statement<[tenant: string, stream: string]>()({
+  name: "watch_versions.lock",
+  text: `insert into watch_versions (tenant_id, stream, version) values ($1, $2, 0)
+         on conflict (tenant_id, stream) do update set version = watch_versions.version
          returning version`,
   row: { version: col.safeInt("version") },
 });
@@ -179,6 +193,9 @@ export class UnitOfWork {
             if (row === undefined) throw new Error("the version upsert returned no row");
             publish({ channel: versionChannel(stream), tenant, key: stream, seq: row.version });
             return row.version;
+          },
+          async lockVersion(tenant, stream) {
+            await sql.first(lockVersionRow, tenant, stream);
           },
         };
         try {

@@ -1,8 +1,10 @@
 import { randomUUID } from "node:crypto";
 import { type Client, createClient } from "@connectrpc/connect";
+import { CommandType } from "../../gen/agentstore/v1/command_pb.ts";
 import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
 import { type Run as RunProto, RunStatus } from "../../gen/agentstore/v1/run_pb.ts";
 import { RunService } from "../../gen/agentstore/v1/run_service_pb.ts";
+import { RunnerService } from "../../gen/agentstore/v1/runner_service_pb.ts";
 import { createRedactor } from "../core/redact.ts";
 import { LogHub, VersionHub } from "../feed/stream-hub.ts";
 import { eventToProto, runToProto } from "../services/run-convert.ts";
@@ -86,19 +88,33 @@ export const runsModule: Module = {
         ["runs", runHub as VersionHub<unknown>],
       ]),
       writeStats: () => ({ appends: events.appendStats() }),
-      warmUp: (transport) => warmUpRuns(createClient(RunService, transport)),
+      warmUp: (transport) =>
+        warmUpRuns(createClient(RunService, transport), createClient(RunnerService, transport)),
     };
   },
 };
 
 /** One run's whole life through every RunService path, leaving nothing behind but its versions. */
-async function warmUpRuns(client: Client<typeof RunService>): Promise<void> {
+async function warmUpRuns(
+  client: Client<typeof RunService>,
+  runners: Client<typeof RunnerService>,
+): Promise<void> {
   const threadId = `warmup-${randomUUID()}`;
+  const runnerId = `warmup-${randomUUID()}`;
+  await runners.registerRunner({ runnerId });
   const { run } = await client.createRun({
     run: { threadId, metadata: { warmup: true }, input: { warmup: true } },
     requestId: randomUUID(),
   });
   const runId = run?.runId ?? "";
+  await client.claimRun({ runId, runnerId });
+  await client.renewRunLease({ runId, runnerId });
+  const { command } = await client.createCommand({
+    runId,
+    type: CommandType.TURN,
+    payload: { warmup: true },
+  });
+  await client.ackCommand({ commandId: command?.commandId ?? "" });
   await client.appendRunEvents({ runId, events: [{ type: "warmup", payload: { n: 1 } }] });
   await client.updateRunProgress({ runId, usage: { totalTokens: 1n }, messageCount: 1n });
   await client.getRun({ runId });
@@ -111,6 +127,9 @@ async function warmUpRuns(client: Client<typeof RunService>): Promise<void> {
   // never ends, and is left cold for that reason.)
   for await (const _ of client.streamRunEvents({ runId })) {
   }
+  for await (const _ of client.streamCommands({ runId, runnerId })) {
+  }
+  await runners.deregisterRunner({ runnerId });
   await client.getThreadUsage({ threadId });
   await client.deleteRun({ runId });
 }

@@ -9,6 +9,7 @@ import { SERVER_EVENT } from "../events/server-events.ts";
 import { unclaim } from "../runs/claims.ts";
 import { RunEntity } from "../runs/entities.ts";
 import { runNotFound, runnerNotFound } from "../runs/errors.ts";
+import { RUNS_STREAM } from "../runs/model.ts";
 import { RunnerEntity, RunnerJobEntity, type RunnerJobRow, type RunnerRow } from "./entities.ts";
 import {
   DEFAULT_STALE_AFTER_MS,
@@ -122,6 +123,8 @@ export class RunnerStore {
   /** Removes the runner; the runs it held go back to PENDING in the same transaction. */
   async deregister(tenant: string, runnerId: string, allowMissing: boolean): Promise<number> {
     return this.#uow.run(async (tx) => {
+      // The tenant's runs version before any run row (store/runs/claims.ts: lock order).
+      await tx.lockVersion(tenant, RUNS_STREAM);
       const deleted = await tx.em.nativeDelete(RunnerEntity, { tenantId: tenant, id: runnerId });
       if (deleted === 0) {
         if (allowMissing) return 0;

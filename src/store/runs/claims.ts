@@ -20,6 +20,10 @@ export interface PendingRunFilter {
  * Claims and leases: which runner holds a run, until when. Leases are kept by the database's
  * clock, so replicas with skewed clocks agree on who holds what. Every claim, takeover, late
  * renewal and release is also an event in the run's log.
+ *
+ * Lock order: a transaction that changes runs takes its tenant's runs version lock (the WatchRuns
+ * counter row, db/unit-of-work.ts) before it locks any run row, as FinishRun and
+ * UpdateRunProgress do, so that a claim and a finish of the same run never deadlock.
  */
 export class ClaimStore {
   readonly #db: Database;
@@ -39,6 +43,7 @@ export class ClaimStore {
     leaseMs: number,
   ): Promise<{ run: Run; takeover: boolean }> {
     return this.#uow.run(async (tx) => {
+      await tx.lockVersion(tenant, RUNS_STREAM);
       await requireRunner(tx, tenant, runnerId);
       const locked = await tx.sql.first(lockRun, tenant, runId);
       if (locked === undefined) throw runNotFound(runId);
@@ -47,7 +52,10 @@ export class ClaimStore {
         throw runLeased(runId, locked.runnerId, locked.leaseExpiresAt);
       }
       const previous = locked.runnerId !== runnerId ? locked.runnerId : null;
-      return { run: await give(tx, tenant, runId, runnerId, leaseMs, previous), takeover: previous !== null };
+      return {
+        run: await give(tx, tenant, runId, runnerId, leaseMs, previous),
+        takeover: previous !== null,
+      };
     });
   }
 
@@ -59,6 +67,7 @@ export class ClaimStore {
     leaseMs: number,
   ): Promise<Run | undefined> {
     return this.#uow.run(async (tx) => {
+      await tx.lockVersion(tenant, RUNS_STREAM);
       await requireRunner(tx, tenant, runnerId);
       const next = await tx.sql.first(
         nextPendingRun,
@@ -126,6 +135,7 @@ export class ClaimStore {
 
   async release(tenant: string, runId: string, runnerId: string, reason: string): Promise<Run> {
     return this.#uow.run(async (tx) => {
+      await tx.lockVersion(tenant, RUNS_STREAM);
       const locked = await tx.sql.first(lockRun, tenant, runId);
       if (locked === undefined) throw runNotFound(runId);
       if (locked.runnerId !== runnerId || isTerminal(locked.status)) {
@@ -178,7 +188,8 @@ async function give(
 /**
  * Takes a held run back from its runner: PENDING again, for any runner (ReleaseRun, a
  * deregistered runner, lease recovery's requeue). Writes `type` into the run's log and tells
- * waiting ClaimNextRun calls.
+ * waiting ClaimNextRun calls. The transaction must hold its tenant's runs version lock already
+ * (see the class comment).
  */
 export async function unclaim(
   tx: Tx,

@@ -2,8 +2,9 @@ import type { Logger } from "../../core/logger.ts";
 import type { UnitOfWork } from "../../db/unit-of-work.ts";
 import { SERVER_EVENT, writeServerEvent } from "../events/server-events.ts";
 import { unclaim } from "./claims.ts";
+import { RUNS_STREAM } from "./model.ts";
 import { terminate } from "./runs.ts";
-import { expiredLeases, trySweepLock } from "./sql.ts";
+import { expiredLeases, lockExpiredRun, trySweepLock } from "./sql.ts";
 
 /** Any constant works; every agentstore process uses the same one. */
 const SWEEP_LOCK_KEY = 7_361_042_216;
@@ -74,7 +75,26 @@ export class LeaseRecovery {
     return this.#uow.run(async (tx) => {
       const lock = await tx.sql.first(trySweepLock, SWEEP_LOCK_KEY);
       if (lock?.locked !== true) return 0;
-      const expired = await tx.sql.all(expiredLeases, this.#options.graceMs, SWEEP_BATCH);
+      const candidates = await tx.sql.all(expiredLeases, this.#options.graceMs, SWEEP_BATCH);
+      // Tenant by tenant: its runs version first, then its runs (store/runs/claims.ts: lock order).
+      const expired = [];
+      const locked = new Set<string>();
+      for (const candidate of [...candidates].sort((a, b) =>
+        a.tenant < b.tenant ? -1 : a.tenant > b.tenant ? 1 : 0,
+      )) {
+        if (!locked.has(candidate.tenant)) {
+          await tx.lockVersion(candidate.tenant, RUNS_STREAM);
+          locked.add(candidate.tenant);
+        }
+        const still = await tx.sql.first(
+          lockExpiredRun,
+          candidate.tenant,
+          candidate.id,
+          candidate.runnerId,
+          this.#options.graceMs,
+        );
+        if (still !== undefined) expired.push(candidate);
+      }
       for (const run of expired) {
         const lost = {
           runner_id: run.runnerId,

@@ -252,15 +252,17 @@ export const unclaimRun = statement<[tenant: string, runId: string, version: num
   row: { run: col.entity(RunEntity) },
 });
 
-/** Held runs whose lease ran out more than the grace ago, across tenants, oldest expiry first. */
+/**
+ * Held runs whose lease ran out more than the grace ago, across tenants, oldest expiry first:
+ * candidates, not locked (each is locked by lockExpiredRun after its tenant's runs version).
+ */
 export const expiredLeases = statement<[graceMs: number, limit: number]>()({
   name: "runs.expired_leases",
   text: `select tenant_id, id, runner_id, lease_lost_policy, lease_expires_at from runs
          where runner_id is not null and status in ('claimed', 'running')
            and lease_expires_at < clock_timestamp() - make_interval(secs => $1 / 1000.0)
          order by lease_expires_at
-         limit $2
-         for update skip locked`,
+         limit $2`,
   row: {
     tenant: col.text("tenant_id"),
     id: col.text("id"),
@@ -269,6 +271,18 @@ export const expiredLeases = statement<[graceMs: number, limit: number]>()({
     leaseExpiresAt: col.timestamp("lease_expires_at"),
   },
 });
+
+/** A candidate of expiredLeases, locked, if it is still held by that runner and still expired. */
+export const lockExpiredRun = statement<[tenant: string, runId: string, runnerId: string, graceMs: number]>()(
+  {
+    name: "runs.lock_expired",
+    text: `select id from runs
+         where tenant_id = $1 and id = $2 and runner_id = $3 and status in ('claimed', 'running')
+           and lease_expires_at < clock_timestamp() - make_interval(secs => $4 / 1000.0)
+         for update skip locked`,
+    row: { id: col.text("id") },
+  },
+);
 
 /** One sweeper at a time across replicas: the lock goes with the transaction. */
 export const trySweepLock = statement<[key: number]>()({
