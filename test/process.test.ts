@@ -231,6 +231,7 @@ describe("start-up checks", () => {
   });
 });
 
+const freshPgSkip = (await postgres()).skip;
 describe("start-up failures an operator can fix are one clear line", () => {
   it("an unreachable PostgreSQL is named as unreachable (with AGENTSTORE_MIGRATE=false too), without its password", async () => {
     const port = await freePort();
@@ -249,6 +250,17 @@ describe("start-up failures an operator can fix are one clear line", () => {
       assert.ok(!result.stderr.includes("schema is behind"));
       assert.ok(!(result.stdout + result.stderr).includes("hunter2"), "the password is not shown");
     }
+  });
+
+  it("a role PostgreSQL does not know is a refused login, in one line", { skip: freshPgSkip }, () => {
+    const url = new URL(ADMIN_URL);
+    url.username = "agentstore_no_such_role";
+    const result = runMain({ DATABASE_URL: url.toString(), AGENTSTORE_MIGRATE: "false" });
+    assert.equal(result.status, 1, result.stderr);
+    assertOneLine(
+      result.stderr,
+      /PostgreSQL at .* \(DATABASE_URL\) refused the login: .*agentstore_no_such_role/,
+    );
   });
 
   it("two servers on one embedded data directory: the second names the directory and the first's pid", async () => {
