@@ -53,6 +53,8 @@ export interface App {
    * ("appends"), how many groups ran and how many calls they carried.
    */
   writeStats(): Record<string, { groups: number; calls: number }>;
+  /** Every module's gauges ("claims.waiting", ...). */
+  gauges(): Record<string, number>;
   /** Graceful stop: NOT_SERVING, no new connections, open streams end with UNAVAILABLE, database closed. */
   close(): Promise<void>;
 }
@@ -171,6 +173,7 @@ export async function startApp(
       db,
       health,
       hubs,
+      gauges: () => Object.assign({}, ...mounted.map((m) => m.gauges?.() ?? {})),
       writeStats: () =>
         Object.assign({ transactions: uow.stats() }, ...mounted.map((m) => m.writeStats?.() ?? {})),
       close() {

@@ -244,6 +244,66 @@ for (const backend of await backends()) {
       await eventually(() => assert.deepEqual(seqs(mine.commands), [1]));
       mine.stop();
     });
+
+    it("a takeover after the lease ran out ends the old holder's stream with NOT_LEASE_HOLDER", async () => {
+      const { runner: a } = await fx.client.runners.registerRunner({});
+      const { runner: b } = await fx.client.runners.registerRunner({});
+      const { run } = await fx.client.runs.createRun({ run: {} });
+      const runId = run?.runId ?? "";
+      await fx.client.runs.claimRun({ runId, runnerId: a?.runnerId ?? "", lease: durationFromMs(1_000) });
+      const stream = followCommands(fx.client, runId, a?.runnerId ?? "");
+      await turn(runId);
+      await eventually(() => assert.equal(stream.commands.length, 1));
+      // b takes the run over as soon as a's lease has run out (recovery's grace is longer).
+      await eventually(async () => {
+        const { takeover } = await fx.client.runs.claimRun({
+          runId,
+          runnerId: b?.runnerId ?? "",
+          lease: durationFromMs(60_000),
+        });
+        assert.equal(takeover, true);
+      }, 15_000);
+      assert.equal(
+        await stream.done.then(
+          () => "ended cleanly",
+          (err: unknown) => reasonOf(err),
+        ),
+        "NOT_LEASE_HOLDER",
+      );
+    });
+
+    it("an ended run's commands can be read by a runner that held it, and by no other", async () => {
+      const { runId, runnerId } = await heldRun();
+      await turn(runId, { i: 1 });
+      await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+      const former = followCommands(fx.client, runId, runnerId);
+      await former.done;
+      assert.deepEqual(seqs(former.commands), [1]);
+      const { runner: stranger } = await fx.client.runners.registerRunner({});
+      await rejectsWith(
+        (async () => {
+          for await (const _ of fx.client.runs.streamCommands({ runId, runnerId: stranger?.runnerId ?? "" }))
+            break;
+        })(),
+        Code.FailedPrecondition,
+        "NOT_LEASE_HOLDER",
+      );
+    });
+
+    it("a result larger than an event payload may be is RESOURCE_EXHAUSTED", async () => {
+      const { runId } = await heldRun();
+      const commandId = (await turn(runId)).command?.commandId ?? "";
+      await rejectsWith(
+        fx.client.runs.finishCommand({
+          commandId,
+          state: CommandState.COMPLETED,
+          result: { blob: "x".repeat(300 * 1024) },
+        }),
+        Code.ResourceExhausted,
+        "PAYLOAD_TOO_LARGE",
+      );
+      assert.equal((await fx.client.runs.getCommand({ commandId })).command?.state, CommandState.PENDING);
+    });
   });
 }
 

@@ -111,7 +111,7 @@ describe("the README's examples", () => {
       const out = await sh("runner");
       assert.match(out, /"status": "RUN_STATUS_CLAIMED"/);
       assert.match(out, /^fix the bug$/m, "the streamed command carried its payload");
-      assert.match(out, /"renewedRuns": "1"/);
+      assert.match(out, /"renewedRunCount": "1"/);
       assert.match(out, /"status": "RUN_STATUS_COMPLETED"/);
     }
   });

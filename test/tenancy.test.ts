@@ -110,7 +110,7 @@ for (const backend of await backends()) {
       await alpha.runners.recordRunnerJob({ runId, runnerId, jobName: "j", idempotencyKey: "k" });
 
       await rejectsWith(beta.runners.getRunner({ runnerId }), Code.NotFound, "RUNNER_NOT_FOUND");
-      await rejectsWith(beta.runners.runnerHeartbeat({ runnerId }), Code.NotFound, "RUNNER_NOT_FOUND");
+      await rejectsWith(beta.runners.heartbeatRunner({ runnerId }), Code.NotFound, "RUNNER_NOT_FOUND");
       await rejectsWith(beta.runners.deregisterRunner({ runnerId }), Code.NotFound, "RUNNER_NOT_FOUND");
       assert.deepEqual((await beta.runners.listRunners({})).runners, []);
       // The same runner id in beta is beta's own runner; it still cannot reach alpha's run.
@@ -128,8 +128,13 @@ for (const backend of await backends()) {
       await notFound(collect(beta.runs.streamCommands({ runId, runnerId })), "RUN_NOT_FOUND");
       await notFound(beta.runners.recordRunnerJob({ runId, runnerId, jobName: "j" }), "RUN_NOT_FOUND");
       await notFound(beta.runners.listRunnerJobs({ runId }), "RUN_NOT_FOUND");
-      const { run: stillPending } = await beta.runs.claimNextRun({ runnerId });
-      assert.notEqual(stillPending?.runId, runId, "beta's dispatch never offers alpha's runs");
+      const pendingOfAlpha = (await alpha.runs.createRun({ run: { assistantId: "only-alpha" } })).run?.runId;
+      const { run: offered } = await beta.runs.claimNextRun({
+        runnerId,
+        filter: { assistantId: "only-alpha" },
+      });
+      assert.equal(offered, undefined, "beta's dispatch never offers alpha's pending runs");
+      assert.equal((await alpha.runs.getRun({ runId: pendingOfAlpha ?? "" })).run?.status, RunStatus.PENDING);
       // Nothing of alpha's changed.
       assert.equal((await alpha.runs.getCommand({ commandId })).command?.state, 1);
       assert.equal((await alpha.runs.getRun({ runId })).run?.runnerId, runnerId);

@@ -58,6 +58,13 @@ export const runsSettings = {
     schema: positiveInt,
     fallback: "1000",
   }),
+  dispatchPollMs: setting({
+    env: "AGENTSTORE_DISPATCH_POLL_MS",
+    flag: "dispatch-poll-ms",
+    help: "safety re-look of a waiting ClaimNextRun, in case a new-run notification was lost",
+    schema: positiveInt,
+    fallback: "2000",
+  }),
   redactKeys: setting({
     env: "AGENTSTORE_REDACT_KEYS",
     flag: "redact-keys",
@@ -81,6 +88,7 @@ export interface RunsConfig {
   limits: RunLimits;
   stream: { bufferEvents: number; pollIntervalMs: number };
   leases: { graceMs: number; sweepMs: number };
+  dispatchPollMs: number;
   extraRedactKeys: string[];
 }
 
@@ -94,6 +102,7 @@ export function runsConfig(values: GroupValues<typeof runsSettings>): RunsConfig
     },
     stream: { bufferEvents: values.streamBufferEvents, pollIntervalMs: values.streamPollMs },
     leases: { graceMs: values.leaseGraceMs, sweepMs: values.leaseSweepMs },
+    dispatchPollMs: values.dispatchPollMs,
     extraRedactKeys: (values.redactKeys ?? "")
       .split(",")
       .map((k) => k.trim())

@@ -57,6 +57,12 @@ const lockVersionRow = statement<[tenant: string, stream: string]>()({
 
 type Work<R> = (tx: Tx) => Promise<R>;
 
+/** A call of the unit of work: its tenant (null for work across tenants, such as a sweep). */
+interface Call {
+  tenant: string | null;
+  work: Work<unknown>;
+}
+
 export interface UnitOfWorkOptions {
   /**
    * Transactions this replica runs at once. Calls that arrive while they are all busy wait and
@@ -101,18 +107,18 @@ class WorkFailed extends Error {
 export class UnitOfWork {
   readonly #db: Database;
   readonly #feed: ChangeFeed;
-  readonly #queue: CombiningQueue<Work<unknown>, unknown>;
+  readonly #queue: CombiningQueue<Call, unknown>;
 
   constructor(db: Database, feed: ChangeFeed, options: UnitOfWorkOptions) {
     this.#db = db;
     this.#feed = feed;
-    this.#queue = new CombiningQueue<Work<unknown>, unknown>({
+    this.#queue = new CombiningQueue<Call, unknown>({
       slots: options.concurrentGroups,
       maxGroup: options.maxGroupSize,
-      runGroup: (works) => this.#runGroup(works),
-      runAlone: async (work) => {
+      runGroup: (calls) => this.#runGroup(calls),
+      runAlone: async (call) => {
         try {
-          return (await this.#transaction([work]))[0];
+          return (await this.#transaction([call.work]))[0];
         } catch (err) {
           throw err instanceof WorkFailed ? err.error : err;
         }
@@ -121,9 +127,16 @@ export class UnitOfWork {
     });
   }
 
-  /** Runs `work` in a transaction (possibly together with concurrent calls) and returns its result. */
-  run<R>(work: Work<R>): Promise<R> {
-    return this.#queue.submit(work) as Promise<R>;
+  /**
+   * Runs `work` in a transaction (possibly together with concurrent calls) and returns its result.
+   *
+   * Lock order, so that combined calls never deadlock each other: a group runs its calls sorted by
+   * tenant (calls across tenants last), and a call that locks a tenant's runs takes that tenant's
+   * runs version lock (`tx.lockVersion` or `tx.nextVersion`) before any run row. Locks are then
+   * always taken version first, tenants in order.
+   */
+  run<R>(tenant: string | null, work: Work<R>): Promise<R> {
+    return this.#queue.submit({ tenant, work }) as Promise<R>;
   }
 
   /** How much grouping happened, for tests and benchmarks. */
@@ -145,9 +158,11 @@ export class UnitOfWork {
   }
 
   /** Works run together; a failing one is settled with its error and the rest run again. */
-  async #runGroup(works: readonly Work<unknown>[]): Promise<Settled<unknown>[]> {
-    const settled: Settled<unknown>[] = new Array(works.length);
-    let remaining = works.map((work, index) => ({ work, index }));
+  async #runGroup(calls: readonly Call[]): Promise<Settled<unknown>[]> {
+    const settled: Settled<unknown>[] = new Array(calls.length);
+    let remaining = calls
+      .map((call, index) => ({ work: call.work, tenant: call.tenant, index }))
+      .sort((a, b) => compareTenants(a.tenant, b.tenant) || a.index - b.index);
     while (remaining.length > 0) {
       try {
         const values = await this.#transaction(remaining.map((r) => r.work));
@@ -212,4 +227,11 @@ export class UnitOfWork {
     if (staged.size > 0) this.#feed.committed([...staged.values()]);
     return results;
   }
+}
+
+function compareTenants(a: string | null, b: string | null): number {
+  if (a === b) return 0;
+  if (a === null) return 1;
+  if (b === null) return -1;
+  return a < b ? -1 : 1;
 }

@@ -41,6 +41,8 @@ export interface MountedModule {
   routes(router: ConnectRouter): void;
   /** Calls combined by the module's own combined writes (group commit), by name, for stats. */
   writeStats?(): Record<string, { groups: number; calls: number }>;
+  /** Current levels (waiting claims, ...) by name, for tests and metrics. */
+  gauges?(): Record<string, number>;
   /** Stops the module's background work (sweepers); called at shutdown, before the database closes. */
   close?(): Promise<void> | void;
   /** The module's stream hubs by name, for stats and shutdown. */

@@ -8,8 +8,8 @@ import type { Module } from "./module.ts";
 export const runnersModule: Module = {
   name: "runners",
   entities: runnerEntities,
-  mount({ db, uow, paging }) {
-    const runners = new RunnerStore(db, uow, paging);
+  mount({ config, db, uow, paging }) {
+    const runners = new RunnerStore(db, uow, paging, config.runs.limits.maxEventBytes);
     return {
       services: [RunnerService],
       routes: (router) => router.service(RunnerService, createRunnerService(runners)),

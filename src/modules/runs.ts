@@ -41,7 +41,7 @@ export const runsModule: Module = {
     });
     const runs = new RunStore(db, uow, paging, settings.limits);
     const usage = new UsageStore(db);
-    const pending = new PendingRunSignal(feed);
+    const pending = new PendingRunSignal(feed, settings.dispatchPollMs);
     const claims = new ClaimStore(db, uow, pending);
     const commands = new CommandStore(db, uow, paging, settings.limits.maxEventBytes);
     const recovery = new LeaseRecovery(
@@ -88,6 +88,7 @@ export const runsModule: Module = {
         ["runs", runHub as VersionHub<unknown>],
       ]),
       writeStats: () => ({ appends: events.appendStats() }),
+      gauges: () => ({ "claims.waiting": pending.waiting() }),
       warmUp: (transport) =>
         warmUpRuns(createClient(RunService, transport), createClient(RunnerService, transport)),
     };

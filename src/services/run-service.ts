@@ -186,26 +186,36 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
     },
 
     async finishRun(req, ctx) {
-      const { run, changed } = await runs.finishRun(tenantOf(ctx), runIdOf(req), {
-        status: terminalStatusFromProto(req.status),
-        failureKind: emptyToNull(req.failureKind),
-        failureMessage: emptyToNull(req.failureMessage),
-        usage: usageFromProto(req.usage),
-        messageCount: req.messageCount,
-        firstHumanMessage: req.firstHumanMessage,
-        lastAiMessage: req.lastAiMessage,
-      });
+      const { run, changed } = await runs.finishRun(
+        tenantOf(ctx),
+        runIdOf(req),
+        {
+          status: terminalStatusFromProto(req.status),
+          failureKind: emptyToNull(req.failureKind),
+          failureMessage: emptyToNull(req.failureMessage),
+          usage: usageFromProto(req.usage),
+          messageCount: req.messageCount,
+          firstHumanMessage: req.firstHumanMessage,
+          lastAiMessage: req.lastAiMessage,
+        },
+        emptyToNull(req.runnerId),
+      );
       return create(FinishRunResponseSchema, { run: runToProto(run), changed });
     },
 
     async updateRunProgress(req, ctx) {
-      const run = await runs.updateRunProgress(tenantOf(ctx), runIdOf(req), {
-        usage: usageFromProto(req.usage),
-        messageCount: req.messageCount,
-        firstHumanMessage: req.firstHumanMessage,
-        lastAiMessage: req.lastAiMessage,
-        modelName: req.modelName,
-      });
+      const run = await runs.updateRunProgress(
+        tenantOf(ctx),
+        runIdOf(req),
+        {
+          usage: usageFromProto(req.usage),
+          messageCount: req.messageCount,
+          firstHumanMessage: req.firstHumanMessage,
+          lastAiMessage: req.lastAiMessage,
+          modelName: req.modelName,
+        },
+        emptyToNull(req.runnerId),
+      );
       return create(UpdateRunProgressResponseSchema, { run: runToProto(run) });
     },
 
@@ -235,6 +245,7 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
         runIdOf(req),
         req.events.map((e) => ({ type: e.type, payload: e.payload ?? {} })),
         emptyToNull(req.requestId),
+        emptyToNull(req.runnerId),
       );
       return create(AppendRunEventsResponseSchema, {
         firstSeq: BigInt(result.firstSeq),
@@ -343,6 +354,7 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
         },
         msFromDuration(req.lease, DEFAULT_LEASE_MS),
         msFromDuration(req.wait, 0),
+        emptyToNull(req.requestId),
         ctx.signal,
       );
       return create(ClaimNextRunResponseSchema, { run: run === undefined ? undefined : runToProto(run) });
@@ -422,7 +434,12 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
     async *streamCommands(req, ctx) {
       const tenant = tenantOf(ctx);
       const runId = runIdOf(req);
-      const run = await claims.holds(tenant, runId, req.runnerId);
+      const run = await claims.holds(
+        tenant,
+        runId,
+        req.runnerId,
+        async () => (await events.latestClaimBy(tenant, runId, req.runnerId)) !== undefined,
+      );
       const afterSeq = positionFromProto(req.afterSeq);
       if (afterSeq > run.lastCommandSeq) {
         throw new DomainError(

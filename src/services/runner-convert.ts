@@ -19,9 +19,9 @@ export function runnerToProto(runner: Runner): RunnerProto {
     version: runner.version ?? "",
     backendProfile: runner.backendProfile ?? "",
     state: runner.live ? RunnerState.LIVE : RunnerState.STALE,
-    registerTime: timestampFromDate(runner.registeredAt),
+    createTime: timestampFromDate(runner.registeredAt),
     heartbeatTime: timestampFromDate(runner.heartbeatAt),
-    heldRuns: BigInt(runner.heldRuns),
+    heldRunCount: BigInt(runner.heldRuns),
   });
 }
 

@@ -4,11 +4,11 @@ import { RunnerState } from "../../gen/agentstore/v1/runner_pb.ts";
 import {
   DeregisterRunnerResponseSchema,
   GetRunnerResponseSchema,
+  HeartbeatRunnerResponseSchema,
   ListRunnerJobsResponseSchema,
   ListRunnersResponseSchema,
   RecordRunnerJobResponseSchema,
   RegisterRunnerResponseSchema,
-  RunnerHeartbeatResponseSchema,
   type RunnerService,
 } from "../../gen/agentstore/v1/runner_service_pb.ts";
 import { tenantOf } from "../server/auth.ts";
@@ -33,12 +33,12 @@ export function createRunnerService(runners: RunnerStore): ServiceImpl<typeof Ru
       return create(RegisterRunnerResponseSchema, { runner: runnerToProto(runner) });
     },
 
-    async runnerHeartbeat(req, ctx) {
+    async heartbeatRunner(req, ctx) {
       const leaseMs = req.lease === undefined ? undefined : msFromDuration(req.lease, 0);
       const { runner, renewed } = await runners.heartbeat(tenantOf(ctx), req.runnerId, leaseMs);
-      return create(RunnerHeartbeatResponseSchema, {
+      return create(HeartbeatRunnerResponseSchema, {
         runner: runnerToProto(runner),
-        renewedRuns: BigInt(renewed),
+        renewedRunCount: BigInt(renewed),
       });
     },
 
@@ -66,7 +66,7 @@ export function createRunnerService(runners: RunnerStore): ServiceImpl<typeof Ru
 
     async deregisterRunner(req, ctx) {
       const released = await runners.deregister(tenantOf(ctx), req.runnerId, req.allowMissing);
-      return create(DeregisterRunnerResponseSchema, { releasedRuns: BigInt(released) });
+      return create(DeregisterRunnerResponseSchema, { releasedRunCount: BigInt(released) });
     },
 
     async recordRunnerJob(req, ctx) {

@@ -12,7 +12,7 @@ import type { JsonObject, Message, UnknownEnum } from "@bufbuild/protobuf";
  * Describes the file agentstore/v1/runner.proto.
  */
 export const file_agentstore_v1_runner: GenFile = /*@__PURE__*/
-  fileDesc("ChphZ2VudHN0b3JlL3YxL3J1bm5lci5wcm90bxINYWdlbnRzdG9yZS52MSLiAgoGUnVubmVyEhEKCXJ1bm5lcl9pZBgBIAEoCRIxCgZsYWJlbHMYAiADKAsyIS5hZ2VudHN0b3JlLnYxLlJ1bm5lci5MYWJlbHNFbnRyeRIUCgxjYXBhYmlsaXRpZXMYAyADKAkSDwoHdmVyc2lvbhgEIAEoCRIXCg9iYWNrZW5kX3Byb2ZpbGUYBSABKAkSKQoFc3RhdGUYBiABKA4yGi5hZ2VudHN0b3JlLnYxLlJ1bm5lclN0YXRlEjEKDXJlZ2lzdGVyX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmhlYXJ0YmVhdF90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgloZWxkX3J1bnMYCSABKAMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLSAgoJUnVubmVySm9iEg4KBmpvYl9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEgoKY29tbWFuZF9pZBgDIAEoCRIRCglydW5uZXJfaWQYBCABKAkSEgoKYXR0ZW1wdF9pZBgFIAEoCRIRCgluYW1lc3BhY2UYBiABKAkSEAoIam9iX25hbWUYByABKAkSEwoLbWFuYWdlcl91cmwYCCABKAkSDQoFaW1hZ2UYCSABKAkSFQoNc291cmNlX2NvbW1pdBgKIAEoCRIXCg9zZXJ2aWNlX2FjY291bnQYCyABKAkSJwoGcmVzdWx0GAwgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIXCg9pZGVtcG90ZW5jeV9rZXkYDSABKAkSLwoLY3JlYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKloKC1J1bm5lclN0YXRlEhwKGFJVTk5FUl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVJVTk5FUl9TVEFURV9MSVZFEAESFgoSUlVOTkVSX1NUQVRFX1NUQUxFEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChphZ2VudHN0b3JlL3YxL3J1bm5lci5wcm90bxINYWdlbnRzdG9yZS52MSLlAgoGUnVubmVyEhEKCXJ1bm5lcl9pZBgBIAEoCRIxCgZsYWJlbHMYAiADKAsyIS5hZ2VudHN0b3JlLnYxLlJ1bm5lci5MYWJlbHNFbnRyeRIUCgxjYXBhYmlsaXRpZXMYAyADKAkSDwoHdmVyc2lvbhgEIAEoCRIXCg9iYWNrZW5kX3Byb2ZpbGUYBSABKAkSKQoFc3RhdGUYBiABKA4yGi5hZ2VudHN0b3JlLnYxLlJ1bm5lclN0YXRlEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5oZWFydGJlYXRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaGVsZF9ydW5fY291bnQYCSABKAMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLSAgoJUnVubmVySm9iEg4KBmpvYl9pZBgBIAEoCRIOCgZydW5faWQYAiABKAkSEgoKY29tbWFuZF9pZBgDIAEoCRIRCglydW5uZXJfaWQYBCABKAkSEgoKYXR0ZW1wdF9pZBgFIAEoCRIRCgluYW1lc3BhY2UYBiABKAkSEAoIam9iX25hbWUYByABKAkSEwoLbWFuYWdlcl91cmwYCCABKAkSDQoFaW1hZ2UYCSABKAkSFQoNc291cmNlX2NvbW1pdBgKIAEoCRIXCg9zZXJ2aWNlX2FjY291bnQYCyABKAkSJwoGcmVzdWx0GAwgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIXCg9pZGVtcG90ZW5jeV9rZXkYDSABKAkSLwoLY3JlYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKloKC1J1bm5lclN0YXRlEhwKGFJVTk5FUl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEVJVTk5FUl9TVEFURV9MSVZFEAESFgoSUlVOTkVSX1NUQVRFX1NUQUxFEAJiBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A process that executes runs: it registers, heartbeats, claims runs (holding a lease on each)
@@ -66,9 +66,9 @@ export type Runner = Message<"agentstore.v1.Runner"> & {
   /**
    * When it registered (first, or again after a deregistration). Output only.
    *
-   * @generated from field: google.protobuf.Timestamp register_time = 7;
+   * @generated from field: google.protobuf.Timestamp create_time = 7;
    */
-  registerTime?: Timestamp | undefined;
+  createTime?: Timestamp | undefined;
 
   /**
    * When it last registered or heartbeated. Output only.
@@ -80,9 +80,9 @@ export type Runner = Message<"agentstore.v1.Runner"> & {
   /**
    * Runs it holds a lease on right now. Output only.
    *
-   * @generated from field: int64 held_runs = 9;
+   * @generated from field: int64 held_run_count = 9;
    */
-  heldRuns: bigint;
+  heldRunCount: bigint;
 };
 
 /**

@@ -8,8 +8,16 @@ import { RUN_EVENTS_CHANNEL } from "../events/appends.ts";
 import { SERVER_EVENT, writeServerEvent } from "../events/server-events.ts";
 import { RunEntity } from "../runs/entities.ts";
 import { runIsTerminal, runNotFound } from "../runs/errors.ts";
+import { RUNS_STREAM } from "../runs/model.ts";
 import { CommandEntity, type CommandRow } from "./entities.ts";
-import type { Command, CommandOutcome, CommandState, CommandType, NewCommand } from "./model.ts";
+import {
+  type Command,
+  type CommandOutcome,
+  type CommandState,
+  type CommandType,
+  checkResultSize,
+  type NewCommand,
+} from "./model.ts";
 import {
   ackCommand,
   endCommand,
@@ -80,7 +88,9 @@ export class CommandStore {
     });
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.#uow.run(async (tx) => {
+        return await this.#uow.run(tenant, async (tx) => {
+          // Lock order (db/unit-of-work.ts): the tenant's runs version before the run's row.
+          await tx.lockVersion(tenant, RUNS_STREAM);
           if (command.idempotencyKey !== null) {
             const existing = await tx.em.findOne(CommandEntity, {
               tenantId: tenant,
@@ -188,6 +198,7 @@ export class CommandStore {
     commandId: string,
     outcome: CommandOutcome,
   ): Promise<{ command: Command; changed: boolean }> {
+    if (outcome.result !== null) checkResultSize(JSON.stringify(outcome.result), this.#maxPayloadBytes);
     return this.#move(tenant, commandId, (tx) =>
       tx.sql.first(
         endCommand,
@@ -229,7 +240,8 @@ export class CommandStore {
     commandId: string,
     update: (tx: Tx) => Promise<{ command: CommandRow } | undefined>,
   ): Promise<{ command: Command; changed: boolean }> {
-    return this.#uow.run(async (tx) => {
+    return this.#uow.run(tenant, async (tx) => {
+      await tx.lockVersion(tenant, RUNS_STREAM);
       const current = await tx.em.findOne(
         CommandEntity,
         { tenantId: tenant, id: commandId },

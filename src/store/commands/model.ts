@@ -1,3 +1,5 @@
+import { DomainError } from "../../core/errors.ts";
+
 /** The command aggregate's domain types. */
 
 export type CommandType = "turn" | "steer" | "cancel" | "custom";
@@ -38,4 +40,17 @@ export interface CommandOutcome {
   result: Record<string, unknown> | null;
   failureKind: string | null;
   failureMessage: string | null;
+}
+
+/** A runner's result (of a command, of a job) is held to the size of an event payload. */
+export function checkResultSize(resultJson: string, maxBytes: number): void {
+  const bytes = Buffer.byteLength(resultJson);
+  if (bytes > maxBytes) {
+    throw new DomainError(
+      "RESOURCE_EXHAUSTED",
+      "PAYLOAD_TOO_LARGE",
+      `the result takes ${bytes} bytes, more than the limit of ${maxBytes}`,
+      { bytes: String(bytes), limit: String(maxBytes) },
+    );
+  }
 }

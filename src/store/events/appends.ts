@@ -1,8 +1,8 @@
 import { CombiningQueue, isTransientConflict, type Settled, sqlStateOf } from "../../db/combining-queue.ts";
 import type { Database } from "../../db/database.ts";
 import type { UnitOfWork } from "../../db/unit-of-work.ts";
-import { requestIdReused, runIsTerminal, runNotFound } from "../runs/errors.ts";
-import { appendGroup, runStatus } from "./sql.ts";
+import { notLeaseHolder, requestIdReused, runIsTerminal, runNotFound } from "../runs/errors.ts";
+import { appendGroup } from "./sql.ts";
 
 /** One AppendRunEvents call, validated and encoded. */
 export interface AppendCall {
@@ -13,6 +13,8 @@ export interface AppendCall {
   batchJson: string;
   requestId: string | null;
   requestHash: string | null;
+  /** The runner the call is fenced to: it appends only while that runner holds the run. */
+  runnerId: string | null;
 }
 
 export interface AppendResult {
@@ -59,10 +61,12 @@ export class AppendGroups {
   readonly #db: Database;
   readonly #uow: UnitOfWork;
   readonly #queue: CombiningQueue<AppendCall, AppendResult>;
+  readonly #appendAlone: (call: AppendCall) => Promise<AppendResult>;
 
   constructor(db: Database, uow: UnitOfWork, options: AppendGroupsOptions) {
     this.#db = db;
     this.#uow = uow;
+    this.#appendAlone = options.appendAlone;
     this.#queue = new CombiningQueue({
       slots: options.slots,
       maxGroup: options.maxGroup,
@@ -103,13 +107,14 @@ export class AppendGroups {
       .map(
         (c) =>
           `{"t":${JSON.stringify(c.tenant)},"r":${JSON.stringify(c.runId)},"n":${c.count},"b":${c.batchJson},` +
-          `"q":${JSON.stringify(c.requestId)},"h":${JSON.stringify(c.requestHash)}}`,
+          `"q":${JSON.stringify(c.requestId)},"h":${JSON.stringify(c.requestHash)},"w":${JSON.stringify(c.runnerId)}}`,
       )
       .join(",")}]`;
     const rows = await this.#db.sql.all(appendGroup, callsJson, this.#uow.notifyChannel ?? null);
     // The statement committed. From here on nothing may throw: a throw would send the group's
     // calls through again, and those already placed would be appended twice.
     const outcomes = new Map<number, Outcome>();
+    const refused = new Map<number, { outcome: string; holder: string | null; status: string | null }>();
     const changes = new Map<string, { tenant: string; runId: string; seq: number }>();
     for (const row of rows) {
       if (row.outcome === "notified") continue;
@@ -141,7 +146,7 @@ export class AppendGroups {
     for (const [i, call] of calls.entries()) {
       const outcome = outcomes.get(sameAs[i] ?? i);
       if (outcome === undefined) {
-        settled.push(await this.#whyNot(call));
+        settled.push(await this.#refusal(call, refused.get(sameAs[i] ?? i)));
       } else if (call.requestId !== null && outcome.storedHash !== call.requestHash) {
         // The request id holds other events: recorded before, or by an earlier call of this group.
         settled.push({ ok: false, error: requestIdReused(call.requestId) });
@@ -152,13 +157,28 @@ export class AppendGroups {
     return settled;
   }
 
-  /** A call that took no append: its run is missing or terminal (or the question failed). */
-  async #whyNot(call: AppendCall): Promise<Settled<AppendResult>> {
-    try {
-      const run = await this.#db.sql.first(runStatus, call.tenant, call.runId);
-      return { ok: false, error: run === undefined ? runNotFound(call.runId) : runIsTerminal(run) };
-    } catch (error) {
-      return { ok: false, error };
+  /**
+   * A call the statement did not place: its run is missing or terminal, held by another runner
+   * than the call is fenced to, or was locked by another transaction, in which case the call goes
+   * through the ordinary transaction, which waits for the lock.
+   */
+  async #refusal(
+    call: AppendCall,
+    refused: { outcome: string; holder: string | null; status: string | null } | undefined,
+  ): Promise<Settled<AppendResult>> {
+    switch (refused?.outcome) {
+      case "missing":
+        return { ok: false, error: runNotFound(call.runId) };
+      case "terminal":
+        return { ok: false, error: runIsTerminal({ id: call.runId, status: refused.status ?? "terminal" }) };
+      case "not_holder":
+        return { ok: false, error: notLeaseHolder(call.runId, call.runnerId ?? "", refused.holder) };
+      default:
+        try {
+          return { ok: true, value: await this.#appendAlone(call) };
+        } catch (error) {
+          return { ok: false, error };
+        }
     }
   }
 }

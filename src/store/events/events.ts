@@ -7,7 +7,8 @@ import type { Redactor } from "../../core/redact.ts";
 import type { Database } from "../../db/database.ts";
 import type { UnitOfWork } from "../../db/unit-of-work.ts";
 import { RunEntity } from "../runs/entities.ts";
-import { requestIdReused, runIsTerminal, runNotFound } from "../runs/errors.ts";
+import { notLeaseHolder, requestIdReused, runIsTerminal, runNotFound } from "../runs/errors.ts";
+import { isTerminal, RUNS_STREAM } from "../runs/model.ts";
 import { type AppendCall, AppendGroups, type AppendResult, RUN_EVENTS_CHANNEL } from "./appends.ts";
 import { RunEventBatchEntity } from "./entities.ts";
 import { SERVER_EVENT_PREFIX } from "./server-events.ts";
@@ -99,10 +100,19 @@ export class EventStore {
     runId: string,
     events: readonly NewEvent[],
     requestId: string | null,
+    runnerId: string | null = null,
   ): Promise<AppendResult> {
     const batchJson = this.#encodeBatch(events);
     const requestHash = requestId === null ? null : stableHash(events);
-    return this.#appends.append({ tenant, runId, count: events.length, batchJson, requestId, requestHash });
+    return this.#appends.append({
+      tenant,
+      runId,
+      count: events.length,
+      batchJson,
+      requestId,
+      requestHash,
+      runnerId,
+    });
   }
 
   /** How the append path combined calls, for tests and benchmarks. */
@@ -112,22 +122,27 @@ export class EventStore {
 
   /** One append in a transaction of its own: the path of calls whose combined statement failed. */
   async #appendAlone(call: AppendCall): Promise<AppendResult> {
-    const { tenant, runId, batchJson, requestId, requestHash } = call;
+    const { tenant, runId, batchJson, requestId, requestHash, runnerId } = call;
     const events = { length: call.count };
     if (requestId !== null) {
       const previous = await findBatch(this.#db.orm.em.fork(), tenant, runId, requestId, requestHash);
       if (previous !== undefined) return previous;
     }
     try {
-      return await this.#uow.run(async (tx) => {
-        const appended = await tx.sql.first(appendEvents, events.length, tenant, runId, batchJson);
+      return await this.#uow.run(tenant, async (tx) => {
+        // Lock order (db/unit-of-work.ts): the tenant's runs version before the run's row.
+        await tx.lockVersion(tenant, RUNS_STREAM);
+        const appended = await tx.sql.first(appendEvents, events.length, tenant, runId, batchJson, runnerId);
         if (appended === undefined) {
           const run = await tx.em.findOne(
             RunEntity,
             { tenantId: tenant, id: runId },
-            { fields: ["id", "status"] },
+            { fields: ["id", "status", "runnerId"] },
           );
           if (run === null) throw runNotFound(runId);
+          if (runnerId !== null && !isTerminal(run.status) && run.runnerId !== runnerId) {
+            throw notLeaseHolder(runId, runnerId, run.runnerId ?? null);
+          }
           // A retry of an append that committed before the run ended answers with that append.
           const previous =
             requestId === null ? undefined : await findBatch(tx.em, tenant, runId, requestId, requestHash);

@@ -12,14 +12,18 @@ import { statement } from "../../db/sql.ts";
  * (last_seq + n), the INSERT writes the events with them. Appends to a run thereby serialize in
  * commit order on the row lock, so seq N+1 is never visible before seq N, and an append that fails
  * leaves no gap. A run that is terminal or missing updates nothing and so inserts nothing (no row
- * returned). PostgreSQL runs a data-modifying CTE whether or not the final SELECT reads it.
- * $4 is a JSON array of {"type", "payload"} objects.
+ * returned), as does a run whose holder is not $5 when $5 (the call's fence) is set. PostgreSQL runs
+ * a data-modifying CTE whether or not the final SELECT reads it. $4 is a JSON array of
+ * {"type", "payload"} objects.
  */
-export const appendEvents = statement<[count: number, tenant: string, runId: string, batchJson: string]>()({
+export const appendEvents = statement<
+  [count: number, tenant: string, runId: string, batchJson: string, runnerId: string | null]
+>()({
   name: "events.append",
   text: `with bumped as (
            update runs set last_seq = last_seq + $1, updated_at = clock_timestamp()
            where tenant_id = $2 and id = $3 and status in ('pending', 'claimed', 'running')
+             and ($5::text is null or runner_id = $5)
            returning last_seq, updated_at
          ), inserted as (
            insert into run_events (tenant_id, run_id, seq, type, payload, created_at)
@@ -107,22 +111,27 @@ type AppendGroupParams = [callsJson: string, notifyChannel: string | null];
  * load, one round trip and one commit for a whole group of calls (store/events/appends.ts).
  *
  * $1 is a JSON array with one object per call: {"t": tenant, "r": run id, "n": event count, "b": the
- * events [{"type", "payload"}], "q": request id or null, "h": request hash or null}; `ord` is the
- * call's position. (One JSON text, rather than parallel text arrays, spares pg quoting every
- * character of every payload into an array literal.) A call
- * whose request id was recorded before returns that record instead (`existing`). The other calls
- * reserve their seqs from their run's last_seq, as one append does, with calls to the same run in
- * `ord` order; runs are locked in (tenant_id, id) order so that two groups never deadlock on each
- * other's runs. A run that is missing or terminal is not locked, so its calls get no row back.
- * The events go in with their seqs, idempotent calls record their batch, and the feed hears of
- * every run that grew, in NOTIFYs of at most 40 runs each (a payload must stay under 8000 bytes),
- * sent by PostgreSQL at commit; $2 is the channel, or null where the feed is in-process (PGlite).
+ * events [{"type", "payload"}], "q": request id or null, "h": request hash or null, "w": the
+ * runner the call is fenced to, or null}; `ord` is the call's position. (One JSON text, rather than
+ * parallel text arrays, spares pg quoting every character of every payload into an array literal.)
+ *
+ * A call whose request id was recorded before returns that record (`existing`). The other calls'
+ * runs are locked in (tenant_id, id) order, skipping runs another transaction holds right now
+ * (SKIP LOCKED), so this statement never waits for a lock and so never takes part in a deadlock;
+ * the calls of a skipped run come back `busy` and go through the ordinary transaction, which waits.
+ * Calls fenced to a runner that does not hold their run come back `not_holder`. The others reserve
+ * their seqs from their run's last_seq, as one append does, calls to one run in `ord` order; their
+ * events go in with those seqs, idempotent calls record their batch, and the feed hears of every run
+ * that grew, in NOTIFYs of at most 40 runs each (a payload must stay under 8000 bytes), sent by
+ * PostgreSQL at commit; $2 is the channel, or null where the feed is in-process (PGlite). Calls of
+ * a missing or terminal run come back `missing` or `terminal`.
  */
 export const appendGroup = statement<AppendGroupParams>()({
   name: "events.append_group",
   text: `with input as (
            select c.value->>'t' as tenant_id, (c.value->>'r')::uuid as run_id, (c.value->>'n')::int8 as n,
-             c.value->'b' as batch, c.value->>'q' as request_id, c.value->>'h' as request_hash, c.ord
+             c.value->'b' as batch, c.value->>'q' as request_id, c.value->>'h' as request_hash,
+             c.value->>'w' as runner_id, c.ord
            from jsonb_array_elements($1::jsonb) with ordinality as c(value, ord)
          ), existing as (
            select i.ord, b.first_seq, b.last_seq, b.request_hash, b.created_at
@@ -130,23 +139,26 @@ export const appendGroup = statement<AppendGroupParams>()({
              on b.tenant_id = i.tenant_id and b.run_id = i.run_id and b.request_id = i.request_id
          ), todo as (
            select i.* from input i where not exists (select 1 from existing e where e.ord = i.ord)
-         ), per_run as (
-           select tenant_id, run_id, sum(n)::int8 as total from todo group by tenant_id, run_id
          ), locked as materialized (
-           select r.tenant_id, r.id from runs r
-           join per_run p on r.tenant_id = p.tenant_id and r.id = p.run_id
-           where r.status in ('pending', 'claimed', 'running')
+           select r.tenant_id, r.id, r.runner_id from runs r
+           where (r.tenant_id, r.id) in (select tenant_id, run_id from todo)
+             and r.status in ('pending', 'claimed', 'running')
            order by r.tenant_id, r.id
-           for update of r
+           for update skip locked
+         ), valid as (
+           select t.* from todo t join locked l on l.tenant_id = t.tenant_id and l.id = t.run_id
+           where t.runner_id is null or l.runner_id = t.runner_id
+         ), per_run as (
+           select tenant_id, run_id, sum(n)::int8 as total from valid group by tenant_id, run_id
          ), bumped as (
            update runs r set last_seq = r.last_seq + p.total, updated_at = clock_timestamp()
-           from locked l, per_run p
-           where r.tenant_id = l.tenant_id and r.id = l.id and p.tenant_id = l.tenant_id and p.run_id = l.id
+           from per_run p
+           where r.tenant_id = p.tenant_id and r.id = p.run_id
            returning r.tenant_id, r.id, r.last_seq - p.total as base, r.last_seq, r.updated_at
          ), placed as (
-           select t.ord, t.tenant_id, t.run_id, t.n, t.batch, t.request_id, t.request_hash, b.updated_at,
-             b.base + (sum(t.n) over (partition by t.tenant_id, t.run_id order by t.ord))::int8 - t.n as before_seq
-           from todo t join bumped b on b.tenant_id = t.tenant_id and b.id = t.run_id
+           select v.ord, v.tenant_id, v.run_id, v.n, v.batch, v.request_id, v.request_hash, b.updated_at,
+             b.base + (sum(v.n) over (partition by v.tenant_id, v.run_id order by v.ord))::int8 - v.n as before_seq
+           from valid v join bumped b on b.tenant_id = v.tenant_id and b.id = v.run_id
          ), inserted as (
            insert into run_events (tenant_id, run_id, seq, type, payload, created_at)
            select p.tenant_id, p.run_id, p.before_seq + e.ord, e.value->>'type', e.value->'payload', p.updated_at
@@ -160,14 +172,27 @@ export const appendGroup = statement<AppendGroupParams>()({
            from (select b.*, (row_number() over () - 1) / 40 as chunk from bumped b) c
            where $2::text is not null
            group by c.chunk
+         ), refused as (
+           select t.ord,
+             case when l.id is not null then 'not_holder'
+                  when r.id is null then 'missing'
+                  when r.status in ('pending', 'claimed', 'running') then 'busy'
+                  else 'terminal' end as outcome,
+             coalesce(l.runner_id, r.runner_id) as holder, r.status
+           from todo t
+           left join locked l on l.tenant_id = t.tenant_id and l.id = t.run_id
+           left join runs r on r.tenant_id = t.tenant_id and r.id = t.run_id
+           where not exists (select 1 from valid v where v.ord = t.ord)
          )
          select 'placed' as outcome, ord, before_seq + 1 as first_seq, before_seq + n as last_seq,
-           updated_at as created_at, null::text as request_hash
+           updated_at as created_at, request_hash, null::text as holder, null::text as status
          from placed
          union all
-         select 'existing', ord, first_seq, last_seq, created_at, request_hash from existing
+         select 'existing', ord, first_seq, last_seq, created_at, request_hash, null, null from existing
          union all
-         select 'notified', count(*), null, null, null, null from notified`,
+         select outcome, ord, null, null, null, null, holder, status from refused
+         union all
+         select 'notified', count(*), null, null, null, null, null, null from notified`,
   row: {
     outcome: col.text("outcome"),
     ord: col.safeInt("ord"),
@@ -175,14 +200,9 @@ export const appendGroup = statement<AppendGroupParams>()({
     lastSeq: col.safeIntOrNull("last_seq"),
     createdAt: col.timestampOrNull("created_at"),
     requestHash: col.textOrNull("request_hash"),
+    holder: col.textOrNull("holder"),
+    status: col.textOrNull("status"),
   },
-});
-
-/** Why a run took no append: it is missing (no row) or terminal. */
-export const runStatus = statement<[tenant: string, runId: string]>()({
-  name: "events.run_status",
-  text: "select id, status from runs where tenant_id = $1 and id = $2",
-  row: { id: col.text("id"), status: col.text("status") },
 });
 
 /**

@@ -5,7 +5,10 @@ import { stableHash } from "../../core/hash.ts";
 import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging } from "../../core/paging.ts";
 import type { Database } from "../../db/database.ts";
 import type { UnitOfWork } from "../../db/unit-of-work.ts";
-import { SERVER_EVENT } from "../events/server-events.ts";
+import { commandNotFound } from "../commands/commands.ts";
+import { CommandEntity } from "../commands/entities.ts";
+import { checkResultSize } from "../commands/model.ts";
+import { SERVER_EVENT, writeServerEvent } from "../events/server-events.ts";
 import { unclaim } from "../runs/claims.ts";
 import { RunEntity } from "../runs/entities.ts";
 import { runNotFound, runnerNotFound } from "../runs/errors.ts";
@@ -60,15 +63,18 @@ export class RunnerStore {
   readonly #uow: UnitOfWork;
   readonly #paging: Paging;
 
-  constructor(db: Database, uow: UnitOfWork, paging: Paging) {
+  readonly #maxResultBytes: number;
+
+  constructor(db: Database, uow: UnitOfWork, paging: Paging, maxResultBytes: number) {
     this.#db = db;
     this.#uow = uow;
     this.#paging = paging;
+    this.#maxResultBytes = maxResultBytes;
   }
 
   async register(tenant: string, registration: RunnerRegistration): Promise<Runner> {
     const id = registration.id ?? `runner-${randomUUID()}`;
-    await this.#uow.run((tx) =>
+    await this.#uow.run(tenant, (tx) =>
       tx.sql.first(
         upsertRunner,
         tenant,
@@ -88,11 +94,22 @@ export class RunnerStore {
     runnerId: string,
     leaseMs: number | undefined,
   ): Promise<{ runner: Runner; renewed: number }> {
-    const renewed = await this.#uow.run(async (tx) => {
+    const renewed = await this.#uow.run(tenant, async (tx) => {
+      await tx.lockVersion(tenant, RUNS_STREAM);
       const touched = await tx.sql.first(touchRunner, tenant, runnerId);
       if (touched === undefined) throw runnerNotFound(runnerId);
       if (leaseMs === undefined) return 0;
-      return (await tx.sql.all(extendRunnerLeases, tenant, runnerId, leaseMs)).length;
+      const extended = await tx.sql.all(extendRunnerLeases, tenant, runnerId, leaseMs);
+      for (const run of extended) {
+        // The lease had run out; nobody took the run meanwhile, so the runner keeps it, on record.
+        if (run.lateMs > 0) {
+          await writeServerEvent(tx, tenant, run.id, SERVER_EVENT.leaseRenewedLate, {
+            runner_id: runnerId,
+            late_ms: run.lateMs,
+          });
+        }
+      }
+      return extended.length;
     });
     return { runner: await this.get(tenant, runnerId, DEFAULT_STALE_AFTER_MS), renewed };
   }
@@ -122,7 +139,7 @@ export class RunnerStore {
 
   /** Removes the runner; the runs it held go back to PENDING in the same transaction. */
   async deregister(tenant: string, runnerId: string, allowMissing: boolean): Promise<number> {
-    return this.#uow.run(async (tx) => {
+    return this.#uow.run(tenant, async (tx) => {
       // The tenant's runs version before any run row (store/runs/claims.ts: lock order).
       await tx.lockVersion(tenant, RUNS_STREAM);
       const deleted = await tx.em.nativeDelete(RunnerEntity, { tenantId: tenant, id: runnerId });
@@ -143,10 +160,18 @@ export class RunnerStore {
 
   /** Records a job; idempotent by (run, idempotency key) and a hash of the job. */
   async recordJob(tenant: string, job: NewRunnerJob, idempotencyKey: string | null): Promise<RunnerJob> {
+    const resultJson = JSON.stringify(job.result);
+    checkResultSize(resultJson, this.#maxResultBytes);
     const payloadHash = stableHash(job);
-    const found = await this.#uow.run(async (tx) => {
+    const found = await this.#uow.run(tenant, async (tx) => {
       if ((await tx.em.count(RunEntity, { tenantId: tenant, id: job.runId })) === 0)
         throw runNotFound(job.runId);
+      if (
+        job.commandId !== null &&
+        (await tx.em.count(CommandEntity, { tenantId: tenant, id: job.commandId, runId: job.runId })) === 0
+      ) {
+        throw commandNotFound(job.commandId);
+      }
       const id = uuidv7();
       const inserted = await tx.sql.first(
         insertRunnerJob,
@@ -162,7 +187,7 @@ export class RunnerStore {
         job.image,
         job.sourceCommit,
         job.serviceAccount,
-        JSON.stringify(job.result),
+        resultJson,
         idempotencyKey,
         payloadHash,
       );

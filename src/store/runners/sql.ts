@@ -33,13 +33,21 @@ export const touchRunner = statement<[tenant: string, id: string]>()({
   row: { runner: col.entity(RunnerEntity) },
 });
 
-/** Extends every lease the runner holds to now + lease (the heartbeat's `lease`). */
+/**
+ * Extends every lease the runner holds to now + lease (the heartbeat's `lease`), saying for each
+ * run how late the renewal came if its lease had run out.
+ */
 export const extendRunnerLeases = statement<[tenant: string, runnerId: string, leaseMs: number]>()({
   name: "runners.extend_leases",
-  text: `update runs set lease_expires_at = clock_timestamp() + make_interval(secs => $3 / 1000.0)
-         where tenant_id = $1 and runner_id = $2 and status in ('claimed', 'running')
-         returning id`,
-  row: { id: col.text("id") },
+  text: `with held as (
+           select id, lease_expires_at from runs
+           where tenant_id = $1 and runner_id = $2 and status in ('claimed', 'running')
+           order by id for update
+         )
+         update runs r set lease_expires_at = clock_timestamp() + make_interval(secs => $3 / 1000.0)
+         from held where r.tenant_id = $1 and r.id = held.id
+         returning r.id, greatest(0, extract(epoch from clock_timestamp() - held.lease_expires_at) * 1000)::int8 as late_ms`,
+  row: { id: col.text("id"), lateMs: col.safeInt("late_ms") },
 });
 
 /**

@@ -4,10 +4,26 @@ import { SERVER_EVENT, writeServerEvent } from "../events/server-events.ts";
 import { RunnerEntity } from "../runners/entities.ts";
 import type { PendingRunSignal } from "./dispatch.ts";
 import { RunEntity } from "./entities.ts";
-import { notLeaseHolder, runIsTerminal, runLeased, runNotFound, runnerNotFound } from "./errors.ts";
+import {
+  notLeaseHolder,
+  runIsTerminal,
+  runLeased,
+  runNotFound,
+  runnerNotFound,
+  runQueued,
+} from "./errors.ts";
 import { isTerminal, PENDING_RUNS_CHANNEL, RUNS_STREAM, type Run } from "./model.ts";
 import { toRun } from "./runs.ts";
-import { claimRun, lockRun, nextPendingRun, renewLease, unclaimRun } from "./sql.ts";
+import {
+  anyPendingRun,
+  claimedByRequest,
+  claimRun,
+  lockRun,
+  nextPendingRun,
+  queuedBehind,
+  renewLease,
+  unclaimRun,
+} from "./sql.ts";
 
 export interface PendingRunFilter {
   assistantId: string | null;
@@ -42,7 +58,7 @@ export class ClaimStore {
     runnerId: string,
     leaseMs: number,
   ): Promise<{ run: Run; takeover: boolean }> {
-    return this.#uow.run(async (tx) => {
+    return this.#uow.run(tenant, async (tx) => {
       await tx.lockVersion(tenant, RUNS_STREAM);
       await requireRunner(tx, tenant, runnerId);
       const locked = await tx.sql.first(lockRun, tenant, runId);
@@ -51,34 +67,50 @@ export class ClaimStore {
       if (locked.runnerId !== null && locked.runnerId !== runnerId && locked.leaseLive) {
         throw runLeased(runId, locked.runnerId, locked.leaseExpiresAt);
       }
+      const ahead = await tx.sql.first(queuedBehind, tenant, runId);
+      if (ahead !== undefined) throw runQueued(runId, ahead.id);
       const previous = locked.runnerId !== runnerId ? locked.runnerId : null;
       return {
-        run: await give(tx, tenant, runId, runnerId, leaseMs, previous),
+        run: await give(tx, tenant, runId, runnerId, leaseMs, previous, null),
         takeover: previous !== null,
       };
     });
   }
 
-  /** One attempt at the oldest matching pending run; undefined when there is none right now. */
+  /**
+   * One attempt at the oldest matching pending run; undefined when there is none right now. With a
+   * request id, a retry gets the run the first attempt claimed (while the runner holds it).
+   */
   async claimNext(
     tenant: string,
     runnerId: string,
     filter: PendingRunFilter,
     leaseMs: number,
+    requestId: string | null,
   ): Promise<Run | undefined> {
-    return this.#uow.run(async (tx) => {
+    const filterParams = [
+      tenant,
+      filter.assistantId,
+      filter.backendProfile,
+      filter.project,
+      JSON.stringify(filter.labels),
+    ] as const;
+    if (requestId !== null) {
+      const earlier = await this.#db.sql.first(claimedByRequest, tenant, runnerId, requestId);
+      if (earlier !== undefined) return toRun(earlier.run);
+    }
+    // Most attempts of a waiting runner find nothing: find that out without taking any lock.
+    const probe = await this.#db.sql.first(anyPendingRun, ...filterParams);
+    if (probe?.found !== true) {
+      await requireRunnerOutside(this.#db, tenant, runnerId);
+      return undefined;
+    }
+    return this.#uow.run(tenant, async (tx) => {
       await tx.lockVersion(tenant, RUNS_STREAM);
       await requireRunner(tx, tenant, runnerId);
-      const next = await tx.sql.first(
-        nextPendingRun,
-        tenant,
-        filter.assistantId,
-        filter.backendProfile,
-        filter.project,
-        JSON.stringify(filter.labels),
-      );
+      const next = await tx.sql.first(nextPendingRun, ...filterParams);
       if (next === undefined) return undefined;
-      return give(tx, tenant, next.id, runnerId, leaseMs, null);
+      return give(tx, tenant, next.id, runnerId, leaseMs, null, requestId);
     });
   }
 
@@ -92,6 +124,7 @@ export class ClaimStore {
     filter: PendingRunFilter,
     leaseMs: number,
     waitMs: number,
+    requestId: string | null,
     signal: AbortSignal,
   ): Promise<Run | undefined> {
     const deadline = Date.now() + waitMs;
@@ -99,8 +132,15 @@ export class ClaimStore {
       // Armed before looking: a run that becomes pending while we look still wakes us.
       const waiter = this.#pending.arm(tenant);
       try {
-        const run = await this.claimNext(tenant, runnerId, filter, leaseMs);
-        if (run !== undefined) return run;
+        const run = await this.claimNext(tenant, runnerId, filter, leaseMs, requestId);
+        if (run !== undefined) {
+          if (signal.aborted) {
+            // The caller went away while we claimed: nobody would work on the run, so give it back.
+            await this.release(tenant, run.id, runnerId, "the claiming call was cancelled").catch(() => {});
+            throw signal.reason;
+          }
+          return run;
+        }
         const left = deadline - Date.now();
         if (left <= 0) return undefined;
         await waiter.wait(left, signal);
@@ -111,7 +151,8 @@ export class ClaimStore {
   }
 
   async renew(tenant: string, runId: string, runnerId: string, leaseMs: number): Promise<Run> {
-    return this.#uow.run(async (tx) => {
+    return this.#uow.run(tenant, async (tx) => {
+      await tx.lockVersion(tenant, RUNS_STREAM);
       const renewed = await tx.sql.first(renewLease, tenant, runId, runnerId, leaseMs);
       if (renewed === undefined) {
         const run = await tx.em.findOne(
@@ -134,7 +175,7 @@ export class ClaimStore {
   }
 
   async release(tenant: string, runId: string, runnerId: string, reason: string): Promise<Run> {
-    return this.#uow.run(async (tx) => {
+    return this.#uow.run(tenant, async (tx) => {
       await tx.lockVersion(tenant, RUNS_STREAM);
       const locked = await tx.sql.first(lockRun, tenant, runId);
       if (locked === undefined) throw runNotFound(runId);
@@ -148,18 +189,32 @@ export class ClaimStore {
     });
   }
 
-  /** Whether the runner holds the run right now (StreamCommands' admission). */
-  async holds(tenant: string, runId: string, runnerId: string): Promise<Run> {
+  /**
+   * Whether the runner holds the run right now (StreamCommands' admission); an ended run admits the
+   * runners that held it at some point, to read what was sent to them.
+   */
+  async holds(
+    tenant: string,
+    runId: string,
+    runnerId: string,
+    heldOnce: () => Promise<boolean>,
+  ): Promise<Run> {
     const run = await this.#db.orm.em.fork().findOne(RunEntity, { tenantId: tenant, id: runId });
     if (run === null) throw runNotFound(runId);
-    if (run.runnerId !== runnerId && !isTerminal(run.status))
+    if (isTerminal(run.status) ? !(await heldOnce()) : run.runnerId !== runnerId) {
       throw notLeaseHolder(runId, runnerId, run.runnerId ?? null);
+    }
     return toRun(run);
   }
 }
 
 async function requireRunner(tx: Tx, tenant: string, runnerId: string): Promise<void> {
   const count = await tx.em.count(RunnerEntity, { tenantId: tenant, id: runnerId });
+  if (count === 0) throw runnerNotFound(runnerId);
+}
+
+async function requireRunnerOutside(db: Database, tenant: string, runnerId: string): Promise<void> {
+  const count = await db.orm.em.fork().count(RunnerEntity, { tenantId: tenant, id: runnerId });
   if (count === 0) throw runnerNotFound(runnerId);
 }
 
@@ -171,9 +226,10 @@ async function give(
   runnerId: string,
   leaseMs: number,
   previousRunnerId: string | null,
+  requestId: string | null,
 ): Promise<Run> {
   const version = await tx.nextVersion(tenant, RUNS_STREAM);
-  const claimed = await tx.sql.first(claimRun, tenant, runId, runnerId, leaseMs, version);
+  const claimed = await tx.sql.first(claimRun, tenant, runId, runnerId, leaseMs, version, requestId);
   if (claimed === undefined) throw runNotFound(runId);
   const run = toRun(claimed.run);
   const event = await writeServerEvent(tx, tenant, runId, SERVER_EVENT.claim, {

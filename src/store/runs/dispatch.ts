@@ -1,9 +1,6 @@
 import type { ChangeFeed } from "../../feed/feed.ts";
 import { PENDING_RUNS_CHANNEL } from "./model.ts";
 
-/** Even without a notification, a waiting claim looks again this often (a notification can be lost). */
-const SAFETY_LOOK_MS = 2_000;
-
 /**
  * Wakes waiting ClaimNextRun calls when a run of their tenant becomes PENDING, on this replica or
  * any other (the change feed carries runs.pending). A waiter is armed before the claim looks for
@@ -12,8 +9,11 @@ const SAFETY_LOOK_MS = 2_000;
 export class PendingRunSignal {
   readonly #waiters = new Map<string, Set<() => void>>();
   readonly #unsubscribe: Array<() => void>;
+  /** Even without a notification, a waiting claim looks again this often (one can be lost). */
+  readonly #lookMs: number;
 
-  constructor(feed: ChangeFeed) {
+  constructor(feed: ChangeFeed, lookMs: number) {
+    this.#lookMs = lookMs;
     this.#unsubscribe = [
       feed.subscribe((change) => {
         if (change.channel === PENDING_RUNS_CHANNEL) this.#wake(change.tenant);
@@ -53,7 +53,7 @@ export class PendingRunSignal {
         new Promise<void>((resolve, reject) => {
           if (woken) return resolve();
           if (signal.aborted) return reject(signal.reason);
-          const timer = setTimeout(done, Math.min(ms, SAFETY_LOOK_MS));
+          const timer = setTimeout(done, Math.min(ms, this.#lookMs));
           const onAbort = () => {
             clearTimeout(timer);
             reject(signal.reason);
@@ -67,6 +67,13 @@ export class PendingRunSignal {
           resolveWait = done;
         }),
     };
+  }
+
+  /** Claims waiting right now, for tests and metrics. */
+  waiting(): number {
+    let count = 0;
+    for (const set of this.#waiters.values()) count += set.size;
+    return count;
   }
 
   close(): void {

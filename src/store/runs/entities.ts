@@ -51,6 +51,8 @@ export const RunEntity = defineEntity({
     labels: p.json<Record<string, string>>().defaultRaw("'{}'::jsonb"),
     /** "fail" or "requeue": what lease recovery does when the holder goes silent. */
     leaseLostPolicy: p.text().default("fail"),
+    /** The request id of the ClaimNextRun that gave the run to its holder, so a retry finds it. */
+    claimRequestId: p.text().nullable(),
     /** Commands are numbered per run from this counter, under the run's row lock. */
     lastCommandSeq: p.bigint("number").default(0),
     /** Position in the tenant's "runs" version stream (WatchRuns); bumped by every change. */

@@ -42,3 +42,11 @@ export const notLeaseHolder = (runId: string, runnerId: string, holder: string |
       : `runner ${runnerId} does not hold run ${runId}: runner ${holder} does`,
     { run_id: runId, runner_id: runnerId, holder_runner_id: holder ?? "" },
   );
+
+export const runQueued = (runId: string, aheadRunId: string) =>
+  new DomainError(
+    "FAILED_PRECONDITION",
+    "RUN_QUEUED",
+    `run ${runId} waits behind run ${aheadRunId} of its thread (ENQUEUE); claim it when that one has ended`,
+    { run_id: runId, ahead_run_id: aheadRunId },
+  );

@@ -72,7 +72,7 @@ export class LeaseRecovery {
   }
 
   #sweepBatch(): Promise<number> {
-    return this.#uow.run(async (tx) => {
+    return this.#uow.run(null, async (tx) => {
       const lock = await tx.sql.first(trySweepLock, SWEEP_LOCK_KEY);
       if (lock?.locked !== true) return 0;
       const candidates = await tx.sql.all(expiredLeases, this.#options.graceMs, SWEEP_BATCH);

@@ -11,8 +11,9 @@ import { cancelOpenCommands } from "../commands/sql.ts";
 import { RunEventBatchEntity, RunEventEntity } from "../events/entities.ts";
 import { RUN_EVENTS_CHANNEL } from "../events/events.ts";
 import { insertTerminalEvent } from "../events/sql.ts";
+import { RunnerJobEntity } from "../runners/entities.ts";
 import { RunEntity, type RunRow } from "./entities.ts";
-import { requestIdReused, runIsTerminal, runNotFound } from "./errors.ts";
+import { notLeaseHolder, requestIdReused, runIsTerminal, runNotFound } from "./errors.ts";
 import {
   ACTIVE_STATUSES,
   isTerminal,
@@ -81,7 +82,9 @@ export class RunStore {
     const requestHash = requestId === null ? null : stableHash(run);
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.#uow.run(async (tx) => {
+        return await this.#uow.run(tenant, async (tx) => {
+          // Lock order (db/unit-of-work.ts): the version before the thread's lock and any run row.
+          await tx.lockVersion(tenant, RUNS_STREAM);
           if (run.threadId !== null) await tx.sql.all(lockThread, `runs/${tenant}/${run.threadId}`);
           if (requestId !== null) {
             const existing = await tx.em.findOne(RunEntity, { tenantId: tenant, requestId });
@@ -193,23 +196,29 @@ export class RunStore {
     });
   }
 
-  /** The first terminal status wins; later calls change nothing and say so. */
+  /**
+   * The first terminal status wins; later calls change nothing and say so. With a fence, only the
+   * runner that holds the run may end it (NOT_LEASE_HOLDER otherwise).
+   */
   async finishRun(
     tenant: string,
     runId: string,
     outcome: RunOutcome,
+    fence: string | null = null,
   ): Promise<{ run: Run; changed: boolean }> {
-    return this.#uow.run(async (tx) => {
-      const finished = await terminate(tx, tenant, runId, outcome);
+    return this.#uow.run(tenant, async (tx) => {
+      const finished = await terminate(tx, tenant, runId, outcome, fence);
       if (finished !== undefined) return { run: finished, changed: true };
       const run = await tx.em.findOne(RunEntity, { tenantId: tenant, id: runId });
       if (run === null) throw runNotFound(runId);
+      if (fence !== null && !isTerminal(run.status)) throw notLeaseHolder(runId, fence, run.runnerId ?? null);
       return { run: toRun(run), changed: false };
     });
   }
 
   async deleteRun(tenant: string, runId: string, allowMissing: boolean): Promise<void> {
-    await this.#uow.run(async (tx) => {
+    await this.#uow.run(tenant, async (tx) => {
+      await tx.lockVersion(tenant, RUNS_STREAM);
       const run = await tx.em.findOne(
         RunEntity,
         { tenantId: tenant, id: runId },
@@ -230,21 +239,36 @@ export class RunStore {
       await tx.em.nativeDelete(RunEventEntity, { tenantId: tenant, runId });
       await tx.em.nativeDelete(RunEventBatchEntity, { tenantId: tenant, runId });
       await tx.em.nativeDelete(CommandEntity, { tenantId: tenant, runId });
+      await tx.em.nativeDelete(RunnerJobEntity, { tenantId: tenant, runId });
       await tx.em.nativeDelete(RunEntity, { tenantId: tenant, id: runId });
     });
   }
 
-  async updateRunProgress(tenant: string, runId: string, snapshot: RunSnapshot): Promise<Run> {
-    return this.#uow.run(async (tx) => {
+  /** Stores a progress snapshot; with a fence, only while that runner holds the run. */
+  async updateRunProgress(
+    tenant: string,
+    runId: string,
+    snapshot: RunSnapshot,
+    fence: string | null = null,
+  ): Promise<Run> {
+    return this.#uow.run(tenant, async (tx) => {
       const version = await tx.nextVersion(tenant, RUNS_STREAM);
-      const updated = await tx.sql.first(updateProgress, ...snapshotParams(snapshot), tenant, runId, version);
+      const updated = await tx.sql.first(
+        updateProgress,
+        ...snapshotParams(snapshot),
+        tenant,
+        runId,
+        version,
+        fence,
+      );
       if (updated !== undefined) return toRun(updated.run);
       const run = await tx.em.findOne(
         RunEntity,
         { tenantId: tenant, id: runId },
-        { fields: ["id", "status"] },
+        { fields: ["id", "status", "runnerId"] },
       );
       if (run === null) throw runNotFound(runId);
+      if (fence !== null && !isTerminal(run.status)) throw notLeaseHolder(runId, fence, run.runnerId ?? null);
       throw runIsTerminal(run);
     });
   }
@@ -288,6 +312,7 @@ export async function terminate(
   tenant: string,
   runId: string,
   outcome: RunOutcome,
+  fence: string | null = null,
 ): Promise<Run | undefined> {
   const version = await tx.nextVersion(tenant, RUNS_STREAM);
   const updated = await tx.sql.first(
@@ -299,6 +324,7 @@ export async function terminate(
     tenant,
     runId,
     version,
+    fence,
   );
   if (updated === undefined) return undefined;
   const run = toRun(updated.run);
@@ -316,6 +342,8 @@ export async function terminate(
   );
   await tx.sql.all(insertTerminalEvent, tenant, runId, run.lastSeq, JSON.stringify(payload), run.updatedAt);
   tx.publish({ channel: RUN_EVENTS_CHANNEL, tenant, key: runId, seq: run.lastSeq });
+  // A run queued behind this one on its thread (ENQUEUE) may be claimed now.
+  if (run.threadId !== null) tx.publish({ channel: PENDING_RUNS_CHANNEL, tenant, key: "", seq: version });
   return run;
 }
 

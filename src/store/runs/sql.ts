@@ -67,9 +67,12 @@ type SnapshotParams = [
   modelName: string | null,
 ];
 
-/** Stores a progress snapshot of an active run; a PENDING or CLAIMED run becomes RUNNING. */
+/**
+ * Stores a progress snapshot of an active run; a PENDING or CLAIMED run becomes RUNNING. With a
+ * fence ($15), only while that runner holds the run.
+ */
 export const updateProgress = statement<
-  [...SnapshotParams, tenant: string, runId: string, version: number]
+  [...SnapshotParams, tenant: string, runId: string, version: number, fence: string | null]
 >()({
   name: "runs.update_progress",
   text: `update runs set input_tokens = coalesce($1, input_tokens), output_tokens = coalesce($2, output_tokens),
@@ -83,13 +86,15 @@ export const updateProgress = statement<
            updated_at = clock_timestamp(),
            version = $14
          where tenant_id = $12 and id = $13 and status in ('pending', 'claimed', 'running')
+           and ($15::text is null or runner_id = $15)
          returning *`,
   row: { run: col.entity(RunEntity) },
 });
 
 /**
  * Moves an active run to a terminal status and reserves the seq of its terminal event
- * (last_seq + 1, under the row lock, like an append). No row back: missing or already terminal.
+ * (last_seq + 1, under the row lock, like an append). No row back: missing, already terminal, or
+ * (with a fence, $18) held by another runner.
  */
 export const terminateRun = statement<
   [
@@ -100,6 +105,7 @@ export const terminateRun = statement<
     tenant: string,
     runId: string,
     version: number,
+    fence: string | null,
   ]
 >()({
   name: "runs.terminate",
@@ -113,6 +119,7 @@ export const terminateRun = statement<
            last_seq = last_seq + 1, finished_at = clock_timestamp(), updated_at = clock_timestamp(),
            version = $17
          where tenant_id = $15 and id = $16 and status in ('pending', 'claimed', 'running')
+           and ($18::text is null or runner_id = $18)
          returning *`,
   row: { run: col.entity(RunEntity) },
 });
@@ -185,12 +192,19 @@ export const lockRun = statement<[tenant: string, runId: string]>()({
 
 /** Gives the locked run to a runner until now + lease (by the database's clock). */
 export const claimRun = statement<
-  [tenant: string, runId: string, runnerId: string, leaseMs: number, version: number]
+  [
+    tenant: string,
+    runId: string,
+    runnerId: string,
+    leaseMs: number,
+    version: number,
+    requestId: string | null,
+  ]
 >()({
   name: "runs.claim",
   text: `update runs set status = case when status = 'pending' then 'claimed' else status end,
            runner_id = $3, lease_expires_at = clock_timestamp() + make_interval(secs => $4 / 1000.0),
-           version = $5, updated_at = clock_timestamp()
+           version = $5, claim_request_id = $6, updated_at = clock_timestamp()
          where tenant_id = $1 and id = $2
          returning *`,
   row: { run: col.entity(RunEntity) },
@@ -228,6 +242,39 @@ export const nextPendingRun = statement<PendingFilterParams>()({
   row: { id: col.text("id") },
 });
 
+/** The run a ClaimNextRun with this request id gave the runner, while it still holds it. */
+export const claimedByRequest = statement<[tenant: string, runnerId: string, requestId: string]>()({
+  name: "runs.claimed_by_request",
+  text: `select * from runs
+         where tenant_id = $1 and runner_id = $2 and claim_request_id = $3 and status in ('claimed', 'running')`,
+  row: { run: col.entity(RunEntity) },
+});
+
+/** Whether any pending run matches (no lock): a claim that would find nothing writes nothing. */
+export const anyPendingRun = statement<PendingFilterParams>()({
+  name: "runs.any_pending",
+  text: `select exists (
+           select 1 from runs r
+           where r.tenant_id = $1 and r.status = 'pending'
+             and ($2::text is null or r.assistant_id = $2)
+             and ($3::text is null or r.backend_profile = $3)
+             and ($4::text is null or r.project = $4)
+             and r.labels @> $5::jsonb
+         ) as found`,
+  row: { found: col.boolean("found") },
+});
+
+/** The earliest active run of the thread created before this one, if any (it queues this one). */
+export const queuedBehind = statement<[tenant: string, runId: string]>()({
+  name: "runs.queued_behind",
+  text: `select o.id from runs r join runs o
+           on o.tenant_id = r.tenant_id and o.thread_id = r.thread_id
+         where r.tenant_id = $1 and r.id = $2 and r.status = 'pending'
+           and o.status in ('pending', 'claimed', 'running') and (o.created_at, o.id) < (r.created_at, r.id)
+         order by o.created_at, o.id limit 1`,
+  row: { id: col.text("id") },
+});
+
 /** Extends the holder's lease, saying how late the renewal came if the lease had expired. */
 export const renewLease = statement<[tenant: string, runId: string, runnerId: string, leaseMs: number]>()({
   name: "runs.renew_lease",
@@ -245,8 +292,8 @@ export const renewLease = statement<[tenant: string, runId: string, runnerId: st
 /** A held run back to PENDING, for any runner (release, deregistration, requeue on lease loss). */
 export const unclaimRun = statement<[tenant: string, runId: string, version: number]>()({
   name: "runs.unclaim",
-  text: `update runs set status = 'pending', runner_id = null, lease_expires_at = null, version = $3,
-           updated_at = clock_timestamp()
+  text: `update runs set status = 'pending', runner_id = null, lease_expires_at = null, claim_request_id = null,
+           version = $3, updated_at = clock_timestamp()
          where tenant_id = $1 and id = $2 and status in ('claimed', 'running')
          returning *`,
   row: { run: col.entity(RunEntity) },
