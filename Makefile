@@ -1,9 +1,12 @@
 # Every target runs on the project's own Node (node_modules/.bin comes first on PATH).
 export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
-# Contract checked for breaking changes against this buf input (CI: the previous commit).
-BREAKING_AGAINST ?= .git\#branch=main
+# Contract checked for breaking changes against the last contract that landed: clients may use
+# every field of it, while names added since are still free to change. `.ci/contract-baseline`
+# holds that commit; `make contract-baseline` moves it to HEAD once HEAD has landed.
+CONTRACT_BASELINE := $(shell cat .ci/contract-baseline 2>/dev/null)
+BREAKING_AGAINST ?= .git\#ref=$(CONTRACT_BASELINE)
 
-.PHONY: install generate lint typecheck check-gen build breaking check test run bench migrate
+.PHONY: install generate lint typecheck check-gen build breaking contract-baseline check test run bench migrate
 
 # A fresh clone installs on first use: `make run` and `make test` work right after `git clone`.
 node_modules: package-lock.json
@@ -32,7 +35,12 @@ check-gen: node_modules
 	fi
 
 breaking: node_modules
+	@git cat-file -e '$(CONTRACT_BASELINE)^{commit}' || { echo "contract baseline '$(CONTRACT_BASELINE)' (.ci/contract-baseline) is not in this clone's history" >&2; exit 1; }
 	buf breaking --against '$(BREAKING_AGAINST)'
+
+# Run once the submission at HEAD has landed: its contract becomes the one clients may rely on.
+contract-baseline:
+	git rev-parse HEAD > .ci/contract-baseline
 
 # The client package compiles to JavaScript (consumers cannot type-strip inside node_modules).
 build: node_modules
