@@ -23,6 +23,7 @@ import type { StreamHub } from "./feed/stream-hub.ts";
 import type { Module, ModuleContext, MountedModule } from "./modules/module.ts";
 import { runnersModule } from "./modules/runners.ts";
 import { runsModule } from "./modules/runs.ts";
+import { sessionsModule } from "./modules/sessions.ts";
 import { shareReasonlessAborts } from "./server/abort-reasons.ts";
 import { createAuthGate, tenantKey } from "./server/auth.ts";
 import { createHealthService, DatabaseHealth } from "./server/health.ts";
@@ -31,7 +32,7 @@ import { observeInterceptor, streamLimitInterceptor, validationInterceptor } fro
 import { createReflectionServices } from "./server/reflection.ts";
 
 /** Every module the server mounts. Adding a service means adding its module here, nothing else. */
-export const MODULES: readonly Module[] = [runsModule, runnersModule];
+export const MODULES: readonly Module[] = [runsModule, runnersModule, sessionsModule];
 
 /** Most calls one group commit takes, so that one transaction stays short. */
 const MAX_WRITE_GROUP = 64;

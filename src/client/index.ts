@@ -18,6 +18,7 @@ import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
 import { RunStatus } from "../../gen/agentstore/v1/run_pb.ts";
 import { RunService } from "../../gen/agentstore/v1/run_service_pb.ts";
 import { RunnerService } from "../../gen/agentstore/v1/runner_service_pb.ts";
+import { SessionService } from "../../gen/agentstore/v1/session_service_pb.ts";
 
 export * from "../../gen/agentstore/v1/command_pb.ts";
 export * from "../../gen/agentstore/v1/run_event_pb.ts";
@@ -25,6 +26,8 @@ export * from "../../gen/agentstore/v1/run_pb.ts";
 export * from "../../gen/agentstore/v1/run_service_pb.ts";
 export * from "../../gen/agentstore/v1/runner_pb.ts";
 export * from "../../gen/agentstore/v1/runner_service_pb.ts";
+export * from "../../gen/agentstore/v1/session_pb.ts";
+export * from "../../gen/agentstore/v1/session_service_pb.ts";
 export { Code, ConnectError };
 
 export interface ClientOptions {
@@ -64,6 +67,8 @@ export interface AgentStoreClient {
   readonly runs: Client<typeof RunService>;
   /** Every RunnerService RPC, typed: registration, heartbeats, runner jobs. */
   readonly runners: Client<typeof RunnerService>;
+  /** Every SessionService RPC, typed: sessions, read state, WatchSessions, bindings, claims, interrupts. */
+  readonly sessions: Client<typeof SessionService>;
   /**
    * Follows a run's events from `afterSeq` to its terminal event. When the connection drops or the
    * server restarts it reconnects by itself and resumes after the last seq it yielded, so the
@@ -151,6 +156,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
       : createGrpcTransport({ baseUrl: options.baseUrl, interceptors, sessionManager });
   const runs = createConnectClient(RunService, transport);
   const runners = createConnectClient(RunnerService, transport);
+  const sessions = createConnectClient(SessionService, transport);
 
   async function* followRunEvents(runId: string, follow: FollowOptions = {}) {
     const { signal, types = [], maxReconnects = Number.POSITIVE_INFINITY } = follow;
@@ -193,6 +199,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
   return {
     runs,
     runners,
+    sessions,
     followRunEvents,
     close: () => sessionManager?.abort(),
   };

@@ -24,7 +24,33 @@ export interface Tx {
    * rows, and may in the end change nothing.
    */
   lockVersion(tenant: string, stream: string): Promise<void>;
+  /**
+   * Tells this transaction's work hooks (`UnitOfWork.addWorkHook`) of a change that no feed needs,
+   * such as a run created or deleted: another aggregate may have to follow it in the same
+   * transaction.
+   */
+  notice(notice: Notice): void;
 }
+
+/** A change inside a transaction that only work hooks hear of. */
+export interface Notice {
+  topic: string;
+  tenant: string;
+  key: string;
+}
+
+/** What one work did that hooks may follow: the changes it published and the notices it gave. */
+export interface WorkEffects {
+  readonly changes: readonly Change[];
+  readonly notices: readonly Notice[];
+}
+
+/**
+ * Runs after a work, in its transaction, when the work published or noticed something: the way
+ * one aggregate follows another's writes atomically (sessions follow their runs and commands)
+ * without the other knowing it. A hook's own publishes reach the feed; they do not run hooks again.
+ */
+export type WorkHook = (tx: Tx, effects: WorkEffects) => Promise<void>;
 
 /** The feed channel of a version-ordered stream. */
 export const versionChannel = (stream: string) => `versions:${stream}`;
@@ -108,6 +134,7 @@ export class UnitOfWork {
   readonly #db: Database;
   readonly #feed: ChangeFeed;
   readonly #queue: CombiningQueue<Call, unknown>;
+  readonly #hooks: WorkHook[] = [];
 
   constructor(db: Database, feed: ChangeFeed, options: UnitOfWorkOptions) {
     this.#db = db;
@@ -137,6 +164,11 @@ export class UnitOfWork {
    */
   run<R>(tenant: string | null, work: Work<R>): Promise<R> {
     return this.#queue.submit({ tenant, work }) as Promise<R>;
+  }
+
+  /** Adds a hook that runs after every work with effects (modules add theirs when mounted). */
+  addWorkHook(hook: WorkHook): void {
+    this.#hooks.push(hook);
   }
 
   /** How much grouping happened, for tests and benchmarks. */
@@ -189,7 +221,9 @@ export class UnitOfWork {
         () => context,
         (entity, raw) => em.map(entity, raw as never, { disableIdentityMap: true }),
       );
+      let effects: { changes: Change[]; notices: Notice[] } | undefined;
       const publish = (change: Change) => {
+        effects?.changes.push(change);
         const id = `${change.channel}\u0000${change.tenant}\u0000${change.key}`;
         const previous = staged.get(id);
         if (previous === undefined || previous.seq < change.seq) staged.set(id, change);
@@ -212,9 +246,18 @@ export class UnitOfWork {
           async lockVersion(tenant, stream) {
             await sql.first(lockVersionRow, tenant, stream);
           },
+          notice(notice) {
+            effects?.notices.push(notice);
+          },
         };
         try {
+          effects = this.#hooks.length > 0 ? { changes: [], notices: [] } : undefined;
           values.push(await work(tx));
+          const done = effects;
+          effects = undefined;
+          if (done !== undefined && (done.changes.length > 0 || done.notices.length > 0)) {
+            for (const hook of this.#hooks) await hook(tx, done);
+          }
           // transactional() flushes only its own entity manager; a work's fork flushes here.
           if (workEm !== em) await workEm.flush();
         } catch (err) {

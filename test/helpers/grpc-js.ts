@@ -12,7 +12,12 @@ import { ROOT } from "./servers.ts";
  * polyglot client sees, with no generated TypeScript and no Connect involved.
  */
 const definition = protoLoader.loadSync(
-  ["agentstore/v1/run_service.proto", "agentstore/v1/runner_service.proto", "grpc/health/v1/health.proto"],
+  [
+    "agentstore/v1/run_service.proto",
+    "agentstore/v1/runner_service.proto",
+    "agentstore/v1/session_service.proto",
+    "grpc/health/v1/health.proto",
+  ],
   {
     includeDirs: [join(ROOT, "proto"), join(ROOT, "third_party/proto")],
     keepCase: true,
@@ -24,7 +29,7 @@ const definition = protoLoader.loadSync(
 );
 const loaded = grpc.loadPackageDefinition(definition) as unknown as {
   agentstore: {
-    v1: { RunService: grpc.ServiceClientConstructor; RunnerService: grpc.ServiceClientConstructor };
+    v1: Record<"RunService" | "RunnerService" | "SessionService", grpc.ServiceClientConstructor>;
   };
   grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
 };
@@ -37,8 +42,12 @@ export interface GrpcError extends Error {
   metadata: grpc.Metadata;
 }
 
-/** RunService over grpc-js; the API key rides as metadata (call credentials demand TLS in grpc-js). */
-export function grpcRunService(port: number, apiKey?: string): GrpcClient {
+/** A service of agentstore.v1 over grpc-js; the API key rides as metadata (call credentials demand TLS in grpc-js). */
+function grpcService(
+  service: "RunService" | "RunnerService" | "SessionService",
+  port: number,
+  apiKey?: string,
+): GrpcClient {
   const addKey: grpc.Interceptor = (options, next) =>
     new grpc.InterceptingCall(next(options), {
       start(metadata, listener, start) {
@@ -46,24 +55,16 @@ export function grpcRunService(port: number, apiKey?: string): GrpcClient {
         start(metadata, listener);
       },
     });
-  return new loaded.agentstore.v1.RunService(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
+  return new loaded.agentstore.v1[service](`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
     interceptors: [addKey],
   }) as GrpcClient;
 }
 
-/** RunnerService over grpc-js. */
-export function grpcRunnerService(port: number, apiKey?: string): GrpcClient {
-  const addKey: grpc.Interceptor = (options, next) =>
-    new grpc.InterceptingCall(next(options), {
-      start(metadata, listener, start) {
-        if (apiKey !== undefined) metadata.set("authorization", `Bearer ${apiKey}`);
-        start(metadata, listener);
-      },
-    });
-  return new loaded.agentstore.v1.RunnerService(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
-    interceptors: [addKey],
-  }) as GrpcClient;
-}
+export const grpcRunService = (port: number, apiKey?: string) => grpcService("RunService", port, apiKey);
+export const grpcRunnerService = (port: number, apiKey?: string) =>
+  grpcService("RunnerService", port, apiKey);
+export const grpcSessionService = (port: number, apiKey?: string) =>
+  grpcService("SessionService", port, apiKey);
 
 export function grpcHealth(port: number): GrpcClient {
   return new loaded.grpc.health.v1.Health(

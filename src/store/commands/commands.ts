@@ -11,6 +11,7 @@ import { runIsTerminal, runNotFound } from "../runs/errors.ts";
 import { RUNS_STREAM } from "../runs/model.ts";
 import { CommandEntity, type CommandRow } from "./entities.ts";
 import {
+  COMMANDS_CHANGED,
   type Command,
   type CommandOutcome,
   type CommandState,
@@ -142,6 +143,7 @@ export class CommandStore {
             reserved.at,
           );
           tx.publish({ channel: RUN_EVENTS_CHANNEL, tenant, key: runId, seq: reserved.eventSeq });
+          tx.notice({ topic: COMMANDS_CHANGED, tenant, key: runId });
           return toCommand(inserted.command);
         });
       } catch (err) {
@@ -263,6 +265,7 @@ export class CommandStore {
         failure_kind: command.failureKind ?? "",
         failure_message: command.failureMessage ?? "",
       });
+      tx.notice({ topic: COMMANDS_CHANGED, tenant, key: command.runId });
       return { command, changed: true };
     });
   }

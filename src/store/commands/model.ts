@@ -5,6 +5,9 @@ import { DomainError } from "../../core/errors.ts";
 export type CommandType = "turn" | "steer" | "cancel" | "custom";
 export type CommandState = "pending" | "acknowledged" | "completed" | "failed" | "cancelled";
 
+/** Notice (db/unit-of-work.ts) of a command created or moved, keyed by its run id. */
+export const COMMANDS_CHANGED = "commands.changed";
+
 export const OPEN_COMMAND_STATES = ["pending", "acknowledged"] as const;
 export const isCommandTerminal = (state: string) =>
   state === "completed" || state === "failed" || state === "cancelled";

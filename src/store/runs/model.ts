@@ -17,6 +17,11 @@ export type LeaseLostPolicy = "fail" | "requeue";
 /** Feed channel told whenever a run becomes PENDING (created, released, requeued): ClaimNextRun waits on it. */
 export const PENDING_RUNS_CHANNEL = "runs.pending";
 
+/** Notice (db/unit-of-work.ts) of a run created, keyed by its id. */
+export const RUN_CREATED = "runs.created";
+/** Notice of a run deleted, keyed by its session id (runs without a session give none). */
+export const SESSION_RUN_DELETED = "runs.deleted_from_session";
+
 /** The name of the version stream that WatchRuns follows. */
 export const RUNS_STREAM = "runs";
 

@@ -20,12 +20,14 @@ import {
   type MultitaskStrategy,
   type NewRun,
   PENDING_RUNS_CHANNEL,
+  RUN_CREATED,
   RUNS_STREAM,
   type Run,
   type RunFilter,
   type RunOutcome,
   type RunSnapshot,
   type RunStatus,
+  SESSION_RUN_DELETED,
 } from "./model.ts";
 import { insertRun, lockThread, runsStreamHead, terminateRun, updateProgress } from "./sql.ts";
 
@@ -117,6 +119,7 @@ export class RunStore {
             run.leaseLostPolicy,
           );
           if (inserted === undefined) throw new LostIdempotencyRace();
+          tx.notice({ topic: RUN_CREATED, tenant, key: id });
           tx.publish({ channel: PENDING_RUNS_CHANNEL, tenant, key: "", seq: version });
           return toRun(inserted.run);
         });
@@ -222,7 +225,7 @@ export class RunStore {
       const run = await tx.em.findOne(
         RunEntity,
         { tenantId: tenant, id: runId },
-        { lockMode: LockMode.PESSIMISTIC_WRITE, fields: ["id", "status"] },
+        { lockMode: LockMode.PESSIMISTIC_WRITE, fields: ["id", "status", "sessionId"] },
       );
       if (run === null) {
         if (allowMissing) return;
@@ -241,6 +244,7 @@ export class RunStore {
       await tx.em.nativeDelete(CommandEntity, { tenantId: tenant, runId });
       await tx.em.nativeDelete(RunnerJobEntity, { tenantId: tenant, runId });
       await tx.em.nativeDelete(RunEntity, { tenantId: tenant, id: runId });
+      if (run.sessionId != null) tx.notice({ topic: SESSION_RUN_DELETED, tenant, key: run.sessionId });
     });
   }
 

@@ -1,0 +1,175 @@
+import { DomainError } from "../../core/errors.ts";
+import { type Tx, versionChannel, type WorkEffects, type WorkHook } from "../../db/unit-of-work.ts";
+import { COMMANDS_CHANGED } from "../commands/model.ts";
+import { isTerminal, RUN_CREATED, RUNS_STREAM, SESSION_RUN_DELETED } from "../runs/model.ts";
+import { InterruptEntity, SessionReadCursorEntity } from "./entities.ts";
+import { type ExecutionState, SESSIONS_STREAM, titleFromMetadata, titleFromPrompt } from "./model.ts";
+import { applyDerived, deriveSessions, startSession, syncTargets } from "./sql.ts";
+
+type Derived = ReturnType<typeof deriveSessions.decode>;
+
+/**
+ * The sessions work hook: after every write of runs or commands, in its transaction, the sessions
+ * of the runs it touched are brought up to date (created for their first run, execution fields
+ * re-derived from their runs and commands) and, when anything a reader would notice changed, moved
+ * to the tenant's next sessions version. Being a hook of the unit of work, it follows every path
+ * that writes runs (creates, claims, progress, ends, lease recovery, deletes) and commands, present
+ * and future, without those paths knowing of sessions.
+ *
+ * Lock order: the writes it follows hold the tenant's runs version lock already; it takes the
+ * sessions version lock after it, and session rows after that, like every sessions write.
+ */
+export const syncSessions: WorkHook = async (tx, effects) => {
+  for (const [tenant, touched] of touchedByTenant(effects)) {
+    const targets = await tx.sql.all(
+      syncTargets,
+      tenant,
+      touched.versions,
+      [...touched.runIds],
+      [...touched.sessionIds],
+    );
+    if (targets.length === 0) continue;
+    await tx.lockVersion(tenant, SESSIONS_STREAM);
+    const rows = await tx.sql.all(
+      deriveSessions,
+      tenant,
+      targets.map((t) => t.sessionId),
+    );
+    for (const row of rows) await syncOne(tx, tenant, row, touched.createdRuns);
+  }
+};
+
+interface Touched {
+  versions: number[];
+  runIds: Set<string>;
+  sessionIds: Set<string>;
+  createdRuns: Set<string>;
+}
+
+function touchedByTenant(effects: WorkEffects): Map<string, Touched> {
+  const byTenant = new Map<string, Touched>();
+  const of = (tenant: string) => {
+    let touched = byTenant.get(tenant);
+    if (touched === undefined) {
+      touched = { versions: [], runIds: new Set(), sessionIds: new Set(), createdRuns: new Set() };
+      byTenant.set(tenant, touched);
+    }
+    return touched;
+  };
+  const runsChannel = versionChannel(RUNS_STREAM);
+  for (const change of effects.changes) {
+    if (change.channel === runsChannel) of(change.tenant).versions.push(change.seq);
+  }
+  for (const notice of effects.notices) {
+    if (notice.topic === COMMANDS_CHANGED) of(notice.tenant).runIds.add(notice.key);
+    else if (notice.topic === RUN_CREATED) {
+      of(notice.tenant).runIds.add(notice.key);
+      of(notice.tenant).createdRuns.add(notice.key);
+    } else if (notice.topic === SESSION_RUN_DELETED) of(notice.tenant).sessionIds.add(notice.key);
+  }
+  return byTenant;
+}
+
+async function syncOne(tx: Tx, tenant: string, row: Derived, createdRuns: Set<string>): Promise<void> {
+  const joinedByNewRun = row.derivedLastRunId !== null && createdRuns.has(row.derivedLastRunId);
+  if (!row.sessionExists || row.sessionGone) {
+    // Only a new run starts a session; the later writes of a deleted session's old runs do not.
+    if (!joinedByNewRun) return;
+    const version = await tx.nextVersion(tenant, SESSIONS_STREAM);
+    await tx.em.nativeDelete(SessionReadCursorEntity, { tenantId: tenant, sessionId: row.sessionId });
+    await tx.em.nativeDelete(InterruptEntity, { tenantId: tenant, sessionId: row.sessionId });
+    await tx.sql.all(startSession, tenant, row.sessionId, row.lastRunProfile, row.lastRunProject, version);
+    return syncOne(
+      tx,
+      tenant,
+      {
+        ...row,
+        sessionExists: true,
+        sessionGone: false,
+        sessionProfile: row.lastRunProfile,
+        executionState: "idle",
+        activeRunId: null,
+        lastRunId: null,
+        activeCommandId: null,
+        lastCommandId: null,
+        terminalStatus: null,
+        failureKind: null,
+        threadId: null,
+        title: null,
+        titleSet: false,
+      },
+      new Set(),
+    );
+  }
+  if (joinedByNewRun && row.lastRunProfile !== row.sessionProfile) {
+    throw new DomainError(
+      "FAILED_PRECONDITION",
+      "SESSION_PROFILE_MISMATCH",
+      `session ${row.sessionId} belongs to backend profile "${row.sessionProfile ?? ""}", not "${row.lastRunProfile ?? ""}"`,
+      {
+        session_id: row.sessionId,
+        session_backend_profile: row.sessionProfile ?? "",
+        run_backend_profile: row.lastRunProfile ?? "",
+      },
+    );
+  }
+  const next = derive(row);
+  const current = {
+    executionState: row.executionState,
+    activeRunId: row.activeRunId,
+    lastRunId: row.lastRunId,
+    activeCommandId: row.activeCommandId,
+    lastCommandId: row.lastCommandId,
+    terminalStatus: row.terminalStatus,
+    failureKind: row.failureKind,
+    threadId: row.threadId,
+    title: row.title,
+  };
+  const title = row.titleSet ? row.title : next.title;
+  const unchanged =
+    current.executionState === next.executionState &&
+    current.activeRunId === next.activeRunId &&
+    current.lastRunId === next.lastRunId &&
+    current.activeCommandId === next.activeCommandId &&
+    current.lastCommandId === next.lastCommandId &&
+    current.terminalStatus === next.terminalStatus &&
+    current.failureKind === next.failureKind &&
+    current.threadId === next.threadId &&
+    current.title === title;
+  if (unchanged) return;
+  const version = await tx.nextVersion(tenant, SESSIONS_STREAM);
+  await tx.sql.all(
+    applyDerived,
+    tenant,
+    row.sessionId,
+    version,
+    next.executionState,
+    next.activeRunId,
+    next.lastRunId,
+    next.activeCommandId,
+    next.lastCommandId,
+    next.terminalStatus,
+    next.failureKind,
+    next.threadId,
+    next.title,
+  );
+}
+
+/** The execution fields a session's runs and commands give it. */
+function derive(row: Derived) {
+  const lastEnded = row.lastRunStatus !== null && isTerminal(row.lastRunStatus);
+  const executionState: ExecutionState =
+    row.derivedActiveRunId !== null ? "running" : row.derivedLastRunId !== null ? "terminal" : "idle";
+  const ended = executionState === "terminal" && lastEnded;
+  return {
+    executionState,
+    activeRunId: row.derivedActiveRunId,
+    lastRunId: row.derivedLastRunId,
+    activeCommandId: row.derivedActiveCommandId,
+    lastCommandId: row.derivedLastCommandId,
+    terminalStatus: ended ? row.lastRunStatus : null,
+    failureKind: ended ? row.lastRunFailureKind : null,
+    threadId: row.derivedThreadId,
+    title: titleFromMetadata({ title: row.firstRunTitle }) ?? titleFromPrompt(row.firstTurnPrompt),
+  };
+}
