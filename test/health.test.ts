@@ -30,10 +30,12 @@ describe("health on pglite", () => {
     await rejectsWith(health.check({ service: "nope.Service" }), Code.NotFound, "SERVICE_UNKNOWN");
     const { statuses } = await health.list({});
     assert.equal((await health.check({ service: "agentstore.v1.RunnerService" })).status, Status.SERVING);
+    assert.equal((await health.check({ service: "agentstore.v1.SessionService" })).status, Status.SERVING);
     assert.deepEqual(Object.keys(statuses).sort(), [
       "",
       "agentstore.v1.RunService",
       "agentstore.v1.RunnerService",
+      "agentstore.v1.SessionService",
     ]);
     const watch = health.watch({ service: "nope.Service" })[Symbol.asyncIterator]();
     assert.equal((await watch.next()).value?.status, Status.SERVICE_UNKNOWN);

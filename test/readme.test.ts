@@ -48,6 +48,7 @@ describe("the README's examples", () => {
       "runner",
       "runner-typescript",
       "runs",
+      "sessions",
       "typescript",
     ]);
   });
@@ -58,7 +59,8 @@ describe("the README's examples", () => {
     const { stdout, stderr } = await run("bash", ["-euo", "pipefail", "-c", block.code], {
       cwd: ROOT,
       env: env(),
-      timeout: 60_000,
+      // Every buf curl call starts a process; on a loaded 2-core machine a long block takes a while.
+      timeout: 180_000,
     });
     return stdout + stderr;
   };
@@ -113,6 +115,21 @@ describe("the README's examples", () => {
       assert.match(out, /^fix the bug$/m, "the streamed command carried its payload");
       assert.match(out, /"renewedRunCount": "1"/);
       assert.match(out, /"status": "RUN_STATUS_COMPLETED"/);
+    }
+  });
+
+  it("the sessions walk-through runs twice: read state, interrupts, output view, a gateway's claim", async () => {
+    for (let i = 0; i < 2; i++) {
+      const out = await sh("sessions");
+      assert.match(
+        out,
+        /^Summarise the incident: SESSION_EXECUTION_STATE_TERMINAL, ATTENTION_STATE_UNREAD$/m,
+      );
+      assert.match(out, /^ATTENTION_STATE_READ$/m);
+      assert.match(out, /^chat-42 ATTENTION_STATE_READ$/m);
+      assert.match(out, /"changed": true/, "the first answer resolved the interrupt");
+      assert.match(out, /^assistant_message\nterminal_status$/m);
+      assert.match(out, /^chat-42$/m, "the claim became a binding");
     }
   });
 

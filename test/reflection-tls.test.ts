@@ -50,6 +50,7 @@ describe("buf curl through server reflection", () => {
       assert.deepEqual(services.out.trim().split("\n").sort(), [
         "agentstore.v1.RunService",
         "agentstore.v1.RunnerService",
+        "agentstore.v1.SessionService",
         "grpc.health.v1.Health",
       ]);
     }

@@ -1,3 +1,4 @@
+import { LockMode } from "@mikro-orm/core";
 import { DomainError } from "../../core/errors.ts";
 import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging } from "../../core/paging.ts";
 import type { Database } from "../../db/database.ts";
@@ -7,6 +8,7 @@ import {
   type SessionBindingRow,
   SessionClaimEntity,
   type SessionClaimRow,
+  SessionOwnerEntity,
 } from "./entities.ts";
 import type { Binding, Claim } from "./model.ts";
 import { claimOwn, claimTake, deleteOwnerIfUnbound, insertClaim, ownSession, upsertBinding } from "./sql.ts";
@@ -71,7 +73,19 @@ export class GatewayStore {
     return this.#uow.run(tenant, async (tx) => {
       const row = await tx.em.findOne(SessionBindingEntity, { tenantId: tenant, identity, contextId });
       if (row === null) return false;
-      await tx.em.nativeDelete(SessionBindingEntity, { tenantId: tenant, identity, contextId });
+      // The owner row before the binding row, in the order bindings take them.
+      await tx.em.findOne(
+        SessionOwnerEntity,
+        { tenantId: tenant, sessionId: row.sessionId },
+        { lockMode: LockMode.PESSIMISTIC_WRITE },
+      );
+      const deleted = await tx.em.nativeDelete(SessionBindingEntity, {
+        tenantId: tenant,
+        identity,
+        contextId,
+        sessionId: row.sessionId,
+      });
+      if (deleted === 0) return false;
       await tx.sql.all(deleteOwnerIfUnbound, tenant, row.sessionId);
       return true;
     });

@@ -7,7 +7,7 @@ import { RunEntity } from "../runs/entities.ts";
 import { runNotFound } from "../runs/errors.ts";
 import { type InterruptRow, SessionEntity } from "./entities.ts";
 import { type Interrupt, type InterruptState, type NewInterrupt, SESSIONS_STREAM } from "./model.ts";
-import { sessionNotFound } from "./sessions.ts";
+import { lockSessions, sessionNotFound } from "./sessions.ts";
 import { getInterrupt, insertInterrupt, listInterrupts, resolveInterrupt, touchSession } from "./sql.ts";
 
 /** Oldest first, by (created_at, id). */
@@ -59,7 +59,7 @@ export class InterruptStore {
       payload: interrupt.payload,
     });
     return this.#uow.run(tenant, async (tx) => {
-      await tx.lockVersion(tenant, SESSIONS_STREAM);
+      await lockSessions(tx, tenant);
       await requireSession(tx, tenant, interrupt.sessionId);
       if (interrupt.runId !== null) {
         const run = await tx.em.findOne(
@@ -146,7 +146,7 @@ export class InterruptStore {
       );
     }
     return this.#uow.run(tenant, async (tx) => {
-      await tx.lockVersion(tenant, SESSIONS_STREAM);
+      await lockSessions(tx, tenant);
       const resolved = await tx.sql.first(resolveInterrupt, tenant, id, answerJson, resolvedBy);
       if (resolved !== undefined) {
         await touch(tx, tenant, resolved.interrupt.sessionId);

@@ -5,6 +5,7 @@ import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
 import type { EventStore, StoredEvent } from "../events/events.ts";
 import { RunEntity } from "../runs/entities.ts";
 import { runNotFound } from "../runs/errors.ts";
+import { RUNS_STREAM } from "../runs/model.ts";
 import { InterruptEntity, SessionEntity, SessionReadCursorEntity } from "./entities.ts";
 import {
   attentionOf,
@@ -123,7 +124,7 @@ export class SessionStore {
     expectedVersion: number | null,
   ): Promise<Session> {
     await this.#uow.run(tenant, async (tx) => {
-      await tx.lockVersion(tenant, SESSIONS_STREAM);
+      await lockSessions(tx, tenant);
       const row = await liveSession(tx, tenant, sessionId);
       if (expectedVersion !== null && Number(row.version) !== expectedVersion) {
         throw new DomainError(
@@ -150,7 +151,7 @@ export class SessionStore {
   /** Deletes a session that has no active run; its runs stay, without it. */
   async delete(tenant: string, sessionId: string, allowMissing: boolean): Promise<void> {
     await this.#uow.run(tenant, async (tx) => {
-      await tx.lockVersion(tenant, SESSIONS_STREAM);
+      await lockSessions(tx, tenant);
       let row: { executionState: string; activeRunId?: string | null };
       try {
         row = await liveSession(tx, tenant, sessionId);
@@ -290,6 +291,18 @@ export class SessionStore {
       );
     return new Map(rows.map((r) => [r.sessionId, Number(r.version)]));
   }
+}
+
+/**
+ * Takes the locks a session write needs, in the one order every write of the tenant follows
+ * (db/unit-of-work.ts): the runs version before the sessions version. Writes of runs reach the
+ * sessions version after theirs through the sessions hook; if a session write took the sessions
+ * version alone, a group holding it and then running a run write would wait for a group that
+ * holds the runs version and waits for the sessions version.
+ */
+export async function lockSessions(tx: Tx, tenant: string): Promise<void> {
+  await tx.lockVersion(tenant, RUNS_STREAM);
+  await tx.lockVersion(tenant, SESSIONS_STREAM);
 }
 
 /** The live session's row, or NOT_FOUND; for writes, under the sessions version lock. */
