@@ -744,6 +744,42 @@ for (const backend of await backends()) {
       assert.ok(!sessions.some((s) => s.sessionId === sessionId));
     });
 
+    it("hostile input is INVALID_ARGUMENT and stores nothing, as on every service", async () => {
+      const sessionId = newSessionId();
+      await runIn(fx.client, sessionId);
+      await rejectsWith(fx.client.sessions.getSession({ sessionId: "a\u0000b" }), Code.InvalidArgument);
+      await rejectsWith(
+        fx.client.sessions.putInterrupt({
+          interrupt: { interruptId: "i\u0000", sessionId, kind: "question" },
+        }),
+        Code.InvalidArgument,
+      );
+      await rejectsWith(
+        fx.client.sessions.putInterrupt({
+          interrupt: { interruptId: randomUUID(), sessionId, kind: "question", payload: { t: "b\u0000c" } },
+        }),
+        Code.InvalidArgument,
+      );
+      await rejectsWith(
+        fx.client.sessions.listSessionEvents({ sessionId, runId: "not-a-uuid" }),
+        Code.InvalidArgument,
+      );
+      await rejectsWith(fx.client.sessions.listInterrupts({ runId: "nope" }), Code.InvalidArgument);
+      await rejectsWith(
+        fx.client.sessions.listSessions({ pageToken: "eyJrIjoic2Vzc2lvbnMifQ.AAAAAAAAAAAAAAAAAAAAAA" }),
+        Code.InvalidArgument,
+        "INVALID_PAGE_TOKEN",
+      );
+      await rejectsWith(
+        fx.client.sessions.updateSession({
+          session: { sessionId, expireTime: { seconds: 253402300800n, nanos: 0 } },
+          updateMask: { paths: ["expire_time"] },
+        }),
+        Code.InvalidArgument,
+      );
+      assert.equal((await fx.client.sessions.listInterrupts({ sessionId })).interrupts.length, 0);
+    });
+
     it("a plain grpc-js client reads and annotates sessions with the same semantics", async () => {
       const sessionId = newSessionId();
       await runIn(fx.client, sessionId);
