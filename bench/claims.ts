@@ -1,19 +1,3 @@
-/**
- * Dispatch benchmark: how fast runners claim runs, and how soon a waiting runner gets a new run.
- * The server runs as its own process (`node src/main.ts`), the runners in this one, over gRPC on
- * loopback.
- *
- *   npm run bench:claims                              # both databases (PostgreSQL if reachable)
- *   npm run bench:claims -- --backend postgres --runs 4000 --runners 8 --samples 300
- *
- * - Claim throughput: `--runs` pending runs drained by `--runners` runners calling ClaimNextRun
- *   (each its own connection), claims per second; also with one runner.
- * - CreateRun → claim: one runner waits in ClaimNextRun(wait); another client creates a run; the
- *   time from the CreateRun call's start, and from its response, to the waiting runner holding it.
- *
- * Prints a Markdown table and writes it to bench/results/claims.md.
- */
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
@@ -22,6 +6,7 @@ import { parseArgs } from "node:util";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import pg from "pg";
 import { type AgentStoreClient, createClient } from "../src/client/index.ts";
+import { spawnBenchServer } from "./server.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const { values: args } = parseArgs({
@@ -40,28 +25,7 @@ const RUNS = Number(args.runs);
 const RUNNERS = Number(args.runners);
 const SAMPLES = Number(args.samples);
 
-async function startServer(env: Record<string, string>): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, ["src/main.ts"], {
-    cwd: ROOT,
-    env: {
-      PATH: process.env.PATH ?? "",
-      AGENTSTORE_LISTEN: "127.0.0.1:0",
-      AGENTSTORE_LOG_LEVEL: "info",
-      ...env,
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  let out = "";
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout?.on("data", (chunk) => {
-      out += chunk;
-      const m = /"port":(\d+).*"msg":"agentstore serving"/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    child.once("exit", (code) => reject(new Error(`server exited ${code}: ${out}`)));
-  });
-  return { url: `http://127.0.0.1:${port}`, child };
-}
+const startServer = spawnBenchServer;
 
 const percentile = (sorted: number[], p: number) =>
   sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;

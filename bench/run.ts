@@ -1,14 +1,3 @@
-/**
- * Append and stream-latency benchmark. The server runs as its own process (`node src/main.ts`), the
- * client in this one, over gRPC on loopback, as in production but on one machine.
- *
- *   npm run bench                       # both databases (PostgreSQL if reachable)
- *   npm run bench -- --backend pglite   # one of them
- *   npm run bench -- --appends 5000 --followers 200
- *
- * Prints a Markdown table and writes it to bench/results/<backend>.md.
- */
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
@@ -16,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { type AgentStoreClient, createClient, RunStatus } from "../src/client/index.ts";
+import { spawnBenchServer } from "./server.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const { values: args } = parseArgs({
@@ -36,42 +26,7 @@ const CONCURRENCY = Number(args.concurrency);
 const BATCH = Number(args.batch);
 const FOLLOWERS = Number(args.followers);
 
-interface Server {
-  url: string;
-  child: ChildProcess;
-  stop(): Promise<void>;
-}
-
-async function startServer(env: Record<string, string>): Promise<Server> {
-  const child = spawn(process.execPath, ["src/main.ts"], {
-    cwd: ROOT,
-    env: {
-      PATH: process.env.PATH ?? "",
-      AGENTSTORE_LISTEN: "127.0.0.1:0",
-      AGENTSTORE_LOG_LEVEL: "info",
-      ...env,
-    },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  let out = "";
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout?.on("data", (chunk) => {
-      out += chunk;
-      const m = /"port":(\d+).*"msg":"agentstore serving"/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    child.once("exit", (code) => reject(new Error(`server exited ${code}: ${out}`)));
-  });
-  return {
-    url: `http://127.0.0.1:${port}`,
-    child,
-    stop: () =>
-      new Promise((resolve) => {
-        child.once("exit", () => resolve());
-        child.kill("SIGTERM");
-      }),
-  };
-}
+const startServer = spawnBenchServer;
 
 const percentile = (sorted: number[], p: number) =>
   sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;

@@ -15,7 +15,7 @@ export type BenchBackend = "pglite" | "postgres";
 export interface BenchServer {
   url: string;
   child: ChildProcess;
-  /** Stops the server and removes its database. */
+  /** Stops the server (and, from startBenchServer, removes its database). */
   stop(): Promise<void>;
 }
 
@@ -25,23 +25,43 @@ export async function startBenchServer(
   name: string,
   adminUrl = DEFAULT_ADMIN_URL,
 ): Promise<BenchServer> {
-  const cleanup: Array<() => Promise<void> | void> = [];
-  let env: Record<string, string>;
-  if (backend === "postgres") {
-    const database = `agentstore_bench_${name}`;
-    const admin = new pg.Client({ connectionString: adminUrl });
-    await admin.connect();
-    await admin.query(`drop database if exists ${database} with (force)`);
-    await admin.query(`create database ${database}`);
-    await admin.end();
-    const url = new URL(adminUrl);
-    url.pathname = `/${database}`;
-    env = { DATABASE_URL: url.toString() };
-  } else {
+  const database = await benchDatabase(backend, name, adminUrl);
+  const server = await spawnBenchServer(database.env);
+  return {
+    ...server,
+    async stop() {
+      await server.stop();
+      await database.drop();
+    },
+  };
+}
+
+/** A fresh database of the backend for a benchmark: the server's environment, and its removal. */
+export async function benchDatabase(
+  backend: BenchBackend,
+  name: string,
+  adminUrl = DEFAULT_ADMIN_URL,
+): Promise<{ env: Record<string, string>; drop(): Promise<void> }> {
+  if (backend === "pglite") {
     const dir = mkdtempSync(join(tmpdir(), "agentstore-bench-"));
-    cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
-    env = { AGENTSTORE_DATA_DIR: join(dir, "data") };
+    return {
+      env: { AGENTSTORE_DATA_DIR: join(dir, "data") },
+      drop: async () => rmSync(dir, { recursive: true, force: true }),
+    };
   }
+  const database = `agentstore_bench_${name}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query(`drop database if exists ${database} with (force)`);
+  await admin.query(`create database ${database}`);
+  await admin.end();
+  const url = new URL(adminUrl);
+  url.pathname = `/${database}`;
+  return { env: { DATABASE_URL: url.toString() }, drop: async () => {} };
+}
+
+/** The server as its own process with this environment, once it serves. */
+export async function spawnBenchServer(env: Record<string, string>): Promise<BenchServer> {
   const child = spawn(process.execPath, ["src/main.ts"], {
     cwd: ROOT,
     env: {
@@ -64,14 +84,12 @@ export async function startBenchServer(
   return {
     url: `http://127.0.0.1:${port}`,
     child,
-    async stop() {
-      await new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
         child.once("exit", () => resolve());
         child.kill("SIGTERM");
-      });
-      for (const step of cleanup) await step();
-    },
+      }),
   };
 }
 

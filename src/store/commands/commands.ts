@@ -1,6 +1,7 @@
 import { v7 as uuidv7 } from "uuid";
 import { DomainError } from "../../core/errors.ts";
 import { stableHash } from "../../core/hash.ts";
+import { jsonWithinLimit } from "../../core/limits.ts";
 import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging } from "../../core/paging.ts";
 import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
@@ -72,16 +73,7 @@ export class CommandStore {
   }
 
   async create(tenant: string, runId: string, command: NewCommand): Promise<Command> {
-    const payloadJson = JSON.stringify(command.payload);
-    const bytes = Buffer.byteLength(payloadJson);
-    if (bytes > this.#maxPayloadBytes) {
-      throw new DomainError(
-        "RESOURCE_EXHAUSTED",
-        "PAYLOAD_TOO_LARGE",
-        `the command's payload takes ${bytes} bytes, more than the limit of ${this.#maxPayloadBytes}`,
-        { bytes: String(bytes), limit: String(this.#maxPayloadBytes) },
-      );
-    }
+    const payloadJson = jsonWithinLimit("the command's payload", command.payload, this.#maxPayloadBytes);
     const payloadHash = stableHash({
       type: command.type,
       customType: command.customType,

@@ -1,5 +1,6 @@
 import { DomainError } from "../../core/errors.ts";
 import { stableHash } from "../../core/hash.ts";
+import { jsonWithinLimit } from "../../core/limits.ts";
 import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging } from "../../core/paging.ts";
 import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
@@ -42,16 +43,7 @@ export class InterruptStore {
   }
 
   async put(tenant: string, interrupt: NewInterrupt): Promise<Interrupt> {
-    const payload = JSON.stringify(interrupt.payload);
-    const bytes = Buffer.byteLength(payload);
-    if (bytes > this.#maxPayloadBytes) {
-      throw new DomainError(
-        "RESOURCE_EXHAUSTED",
-        "PAYLOAD_TOO_LARGE",
-        `the interrupt's payload takes ${bytes} bytes, more than the limit of ${this.#maxPayloadBytes}`,
-        { bytes: String(bytes), limit: String(this.#maxPayloadBytes) },
-      );
-    }
+    const payload = jsonWithinLimit("the interrupt's payload", interrupt.payload, this.#maxPayloadBytes);
     const hash = stableHash({
       sessionId: interrupt.sessionId,
       runId: interrupt.runId,
@@ -136,15 +128,7 @@ export class InterruptStore {
     answer: Record<string, unknown>,
     resolvedBy: string | null,
   ): Promise<{ interrupt: Interrupt; changed: boolean }> {
-    const answerJson = JSON.stringify(answer);
-    if (Buffer.byteLength(answerJson) > this.#maxPayloadBytes) {
-      throw new DomainError(
-        "RESOURCE_EXHAUSTED",
-        "PAYLOAD_TOO_LARGE",
-        `the answer takes more than the limit of ${this.#maxPayloadBytes} bytes`,
-        { limit: String(this.#maxPayloadBytes) },
-      );
-    }
+    const answerJson = jsonWithinLimit("the answer", answer, this.#maxPayloadBytes);
     return this.#uow.run(tenant, async (tx) => {
       await lockSessions(tx, tenant);
       const resolved = await tx.sql.first(resolveInterrupt, tenant, id, answerJson, resolvedBy);

@@ -8,25 +8,22 @@ import { InterruptEntity, SessionBindingEntity, SessionClaimEntity } from "./ent
  * activity of the last run, pending interrupts) in SQL, so that lists can filter and order by them.
  */
 
-/** Sessions touched by runs that took these versions or have these ids, plus the named ones. */
-export const syncTargets = statement<
+/**
+ * For the sessions of the runs that took these versions or have these ids, plus the named
+ * sessions: what their runs and commands say their execution fields are, beside what the session
+ * row holds now (no row: session_exists is false). Runs and commands are ordered by
+ * (created_at, id), newest first unless "first". No row when none of the runs has a session.
+ */
+export const deriveSessions = statement<
   [tenant: string, versions: number[], runIds: string[], sessionIds: string[]]
 >()({
-  name: "sessions.sync_targets",
-  text: `select session_id from runs
-         where tenant_id = $1 and session_id is not null and (version = any($2::int8[]) or id = any($3::uuid[]))
-         union select unnest($4::text[])`,
-  row: { sessionId: col.text("session_id") },
-});
-
-/**
- * What the runs and commands of each session say its execution fields are, beside what the
- * session row holds now (no row: session_exists is false). Runs are ordered by (created_at, id),
- * commands by (created_at, id), newest first unless "first".
- */
-export const deriveSessions = statement<[tenant: string, sessionIds: string[]]>()({
   name: "sessions.derive",
-  text: `select t.id as session_id,
+  text: `with targets as (
+           select session_id as id from runs
+           where tenant_id = $1 and session_id is not null and (version = any($2::int8[]) or id = any($3::uuid[]))
+           union select unnest($4::text[])
+         )
+         select t.id as session_id,
            s.tenant_id is not null as session_exists,
            (s.deleted_at is not null or (s.expires_at is not null and s.expires_at <= clock_timestamp())) as session_gone,
            s.backend_profile as session_profile, s.execution_state, s.active_run_id, s.last_run_id,
@@ -37,7 +34,7 @@ export const deriveSessions = statement<[tenant: string, sessionIds: string[]]>(
            ar.id as derived_active_run_id,
            fr.title as first_run_title, th.thread_id as derived_thread_id,
            ac.id as derived_active_command_id, lc.id as derived_last_command_id, ft.prompt as first_turn_prompt
-         from unnest($2::text[]) as t(id)
+         from targets t
          left join sessions s on s.tenant_id = $1 and s.id = t.id
          left join lateral (select id, status, failure_kind, backend_profile, project from runs
            where tenant_id = $1 and session_id = t.id order by created_at desc, id desc limit 1) lr on true

@@ -4,7 +4,7 @@ import { COMMANDS_CHANGED } from "../commands/model.ts";
 import { isTerminal, RUN_CREATED, RUNS_STREAM, SESSION_RUN_DELETED } from "../runs/model.ts";
 import { InterruptEntity, SessionReadCursorEntity } from "./entities.ts";
 import { type ExecutionState, SESSIONS_STREAM, titleFromMetadata, titleFromPrompt } from "./model.ts";
-import { applyDerived, deriveSessions, startSession, syncTargets } from "./sql.ts";
+import { applyDerived, deriveSessions, startSession } from "./sql.ts";
 
 type Derived = ReturnType<typeof deriveSessions.decode>;
 
@@ -16,24 +16,20 @@ type Derived = ReturnType<typeof deriveSessions.decode>;
  * that writes runs (creates, claims, progress, ends, lease recovery, deletes) and commands, present
  * and future, without those paths knowing of sessions.
  *
- * Lock order: the writes it follows hold the tenant's runs version lock already; it takes the
- * sessions version lock after it, and session rows after that, like every sessions write.
+ * It reads without a lock of its own: every write of a tenant's runs, commands or sessions holds
+ * the tenant's runs version lock (db/unit-of-work.ts; session writes take it too, see
+ * lockSessions), so no other such write runs between its read and its update. It takes the
+ * sessions version lock after that, through nextVersion, and only when something changed; a
+ * write that changes no session costs one statement.
  */
 export const syncSessions: WorkHook = async (tx, effects) => {
   for (const [tenant, touched] of touchedByTenant(effects)) {
-    const targets = await tx.sql.all(
-      syncTargets,
+    const rows = await tx.sql.all(
+      deriveSessions,
       tenant,
       touched.versions,
       [...touched.runIds],
       [...touched.sessionIds],
-    );
-    if (targets.length === 0) continue;
-    await tx.lockVersion(tenant, SESSIONS_STREAM);
-    const rows = await tx.sql.all(
-      deriveSessions,
-      tenant,
-      targets.map((t) => t.sessionId),
     );
     for (const row of rows) await syncOne(tx, tenant, row, touched.createdRuns);
   }
