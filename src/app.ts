@@ -30,6 +30,7 @@ import { createHealthService, DatabaseHealth } from "./server/health.ts";
 import { bind, type HttpServer } from "./server/http.ts";
 import { observeInterceptor, streamLimitInterceptor, validationInterceptor } from "./server/interceptors.ts";
 import { createReflectionServices } from "./server/reflection.ts";
+import { refuseInvalidUtf8AsBadInput } from "./server/utf8.ts";
 
 /** Every module the server mounts. Adding a service means adding its module here, nothing else. */
 export const MODULES: readonly Module[] = [runsModule, runnersModule, sessionsModule];
@@ -68,6 +69,7 @@ export async function startApp(
 ): Promise<App> {
   const { database } = config;
   shareReasonlessAborts();
+  refuseInvalidUtf8AsBadInput();
   // The port first: a port in use is told in one line before seconds go into the database.
   // Connections that arrive meanwhile wait and are served once everything is ready.
   const bound = await bind({ ...config.server.listen, tls: config.server.tls }, logger);

@@ -1,8 +1,17 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { fromBinary } from "@bufbuild/protobuf";
+import { create, type DescMessage, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { createClient as createConnectClient } from "@connectrpc/connect";
+import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import type { ClientReadableStream } from "@grpc/grpc-js";
 import { ErrorInfoSchema } from "../gen/google/rpc/error_details_pb.ts";
-import { Code, RunStatus } from "../src/client/index.ts";
+import {
+  AppendRunEventsRequestSchema,
+  Code,
+  CreateRunRequestSchema,
+  RunService,
+  RunStatus,
+} from "../src/client/index.ts";
 import { rejectsWith } from "./helpers/assertions.ts";
 import { backends } from "./helpers/databases.ts";
 import {
@@ -29,12 +38,29 @@ interface WireAnswer {
 }
 
 /** A Connect unary call with a JSON body given as raw text. */
-async function connectJson(baseUrl: string, method: string, jsonText: string): Promise<WireAnswer> {
+function connectJson(baseUrl: string, method: string, jsonText: string): Promise<WireAnswer> {
+  return connectPost(baseUrl, method, "application/json", jsonText);
+}
+
+/**
+ * A Connect unary call with the body as given: JSON text, or binary protobuf bytes. An error is
+ * JSON either way (the Connect protocol answers unary errors in JSON); a binary answer is not read.
+ */
+async function connectPost(
+  baseUrl: string,
+  method: string,
+  contentType: "application/json" | "application/proto",
+  requestBody: string | Uint8Array<ArrayBuffer>,
+): Promise<WireAnswer> {
   const res = await fetch(`${baseUrl}/agentstore.v1.RunService/${method}`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
-    body: jsonText,
+    headers: { "content-type": contentType },
+    body: requestBody,
   });
+  if (res.ok && contentType === "application/proto") {
+    await res.arrayBuffer();
+    return { code: "ok", reason: undefined, body: {} };
+  }
   const body = (await res.json()) as Record<string, unknown>;
   if (res.ok) return { code: "ok", reason: undefined, body };
   const details = (body.details ?? []) as Array<{ type: string; value: string }>;
@@ -54,6 +80,43 @@ async function grpcCall(grpc: GrpcClient, method: string, request: unknown): Pro
   }
 }
 
+/** A binary gRPC unary call from grpc-js with the request bytes sent as given, unchecked. */
+function grpcRawCall(grpc: GrpcClient, method: string, bytes: Buffer): Promise<WireAnswer> {
+  return new Promise((resolve) => {
+    grpc.makeUnaryRequest<Buffer, Buffer>(
+      `/agentstore.v1.RunService/${method}`,
+      (b) => b,
+      (b) => b,
+      bytes,
+      (err) =>
+        resolve(
+          err === null
+            ? { code: "ok", reason: undefined, body: {} }
+            : { code: Code[err.code] ?? String(err.code), reason: errorReason(err), body: {} },
+        ),
+    );
+  });
+}
+
+/** Where withRawBytes puts its bytes: three ASCII control characters, three bytes in UTF-8. */
+const MARK = "\u0001\u0002\u0003";
+
+/**
+ * The message in binary protobuf with the UTF-8 of MARK (in one string, key or value) replaced by
+ * three bytes given: the way to put invalid UTF-8 on the wire, which no protobuf library writes.
+ */
+function withRawBytes<Desc extends DescMessage>(
+  schema: Desc,
+  init: MessageInitShape<Desc>,
+  bytes: [number, number, number],
+): Buffer {
+  const encoded = Buffer.from(toBinary(schema, create(schema, init)));
+  const at = encoded.indexOf(MARK);
+  assert.ok(at >= 0 && at === encoded.lastIndexOf(MARK), "the mark is in the encoded message once");
+  encoded.set(bytes, at);
+  return encoded;
+}
+
 const expectInvalid = (answer: WireAnswer, reason: string, what: string) => {
   assert.equal(
     answer.code.toLowerCase().replace(/_/g, ""),
@@ -65,8 +128,13 @@ const expectInvalid = (answer: WireAnswer, reason: string, what: string) => {
 
 for (const backend of await backends()) {
   describe(`bad input on ${backend.name}`, { skip: backend.skip }, () => {
-    // The safety poll is an hour away, so that no test here can pass by waiting for it.
-    const fx = useServer(backend, { AGENTSTORE_STREAM_POLL_MS: "3600000" });
+    // The safety poll is an hour away, so that no test here can pass by waiting for it. A stream
+    // buffer of 8 events makes a reader that stops for a few events fall behind it, onto the path
+    // that catches up from the database, without appending tens of megabytes.
+    const fx = useServer(backend, {
+      AGENTSTORE_STREAM_POLL_MS: "3600000",
+      AGENTSTORE_STREAM_BUFFER_EVENTS: "8",
+    });
     const withGrpc = async (use: (grpc: GrpcClient) => Promise<void>) => {
       const grpc = grpcRunService(fx.server.app.port);
       try {
@@ -161,9 +229,24 @@ for (const backend of await backends()) {
           "grpc",
         );
         expectInvalid(
+          await grpcCall(grpc, "CreateRun", { run: {}, request_id: "r\u0000" }),
+          "INVALID_ARGUMENT",
+          "grpc CreateRun request_id",
+        );
+        expectInvalid(
           await grpcCall(grpc, "CancelRun", { run_id: runId, reason: "x\u0000" }),
           "INVALID_ARGUMENT",
           "grpc CancelRun",
+        );
+        expectInvalid(
+          await grpcCall(grpc, "GetThreadUsage", { thread_id: "t\u0000" }),
+          "INVALID_ARGUMENT",
+          "grpc GetThreadUsage",
+        );
+        expectInvalid(
+          await grpcCall(grpc, "UpdateRunProgress", { run_id: runId, model_name: "m\u0000" }),
+          "INVALID_ARGUMENT",
+          "grpc UpdateRunProgress model_name",
         );
       });
       const { run: after } = await fx.client.runs.getRun({ runId });
@@ -175,6 +258,7 @@ for (const backend of await backends()) {
     it("3 and 4. NUL characters and lone surrogates inside JSON payloads are INVALID_ARGUMENT", async () => {
       const { run } = await fx.client.runs.createRun({ run: {} });
       const runId = run?.runId ?? "";
+      const before = await runCount();
       const payloads = [
         '{"a":"b\\u0000c"}',
         '{"a\\u0000":"b"}',
@@ -215,9 +299,82 @@ for (const backend of await backends()) {
           "INVALID_ARGUMENT",
           "grpc payload NaN",
         );
+        expectInvalid(
+          await grpcCall(grpc, "CreateRun", { run: { metadata: struct({ "k\u0000": 1 }) } }),
+          "INVALID_ARGUMENT",
+          "grpc metadata key with NUL",
+        );
       });
       const { run: after } = await fx.client.runs.getRun({ runId });
       assert.equal(after?.lastEventSeq, 0n, "no event was stored");
+      assert.equal(await runCount(), before, "no run was created by a refused request");
+    });
+
+    it("4. invalid UTF-8 over binary protobuf is INVALID_ARGUMENT, not INTERNAL, and stores nothing", async () => {
+      // Binary protobuf carries UTF-8, so a lone surrogate arrives as the three bytes UTF-8 forbids
+      // for it (ED BF BF for U+DFFF), or as any other malformed sequence; a client that does not
+      // check its strings, or a hostile one, sends them. Over gRPC and over Connect with
+      // application/proto both.
+      const { run } = await fx.client.runs.createRun({ run: {} });
+      const runId = run?.runId ?? "";
+      const before = await runCount();
+      const append = (bytes: [number, number, number], payload: Record<string, string>) =>
+        withRawBytes(AppendRunEventsRequestSchema, { runId, events: [{ type: "diff", payload }] }, bytes);
+      const euro: [number, number, number] = [0xe2, 0x82, 0xac];
+      const surrogate: [number, number, number] = [0xed, 0xbf, 0xbf];
+      const refused: Array<[string, string, Buffer]> = [
+        ["payload value U+DFFF", "AppendRunEvents", append(surrogate, { t: MARK })],
+        ["payload value U+D800", "AppendRunEvents", append([0xed, 0xa0, 0x80], { t: MARK })],
+        ["payload value with byte FF", "AppendRunEvents", append([0x61, 0xff, 0x62], { t: MARK })],
+        ["payload key U+DFFF", "AppendRunEvents", append(surrogate, { [MARK]: "v" })],
+        [
+          "metadata value U+DFFF",
+          "CreateRun",
+          withRawBytes(CreateRunRequestSchema, { run: { metadata: { k: MARK } } }, surrogate),
+        ],
+        [
+          "thread_id with byte FF",
+          "CreateRun",
+          withRawBytes(CreateRunRequestSchema, { run: { threadId: MARK } }, [0x61, 0xff, 0x62]),
+        ],
+      ];
+      const wrong: string[] = [];
+      await withGrpc(async (grpc) => {
+        // The same encoding with valid UTF-8 in place of the mark is stored, over both protocols:
+        // the refusals below are about the bytes, not about how the messages were made.
+        const valid = append(euro, { t: MARK });
+        assert.equal((await grpcRawCall(grpc, "AppendRunEvents", valid)).code, "ok", "grpc valid");
+        const connectValid = await connectPost(
+          fx.server.url,
+          "AppendRunEvents",
+          "application/proto",
+          new Uint8Array(valid),
+        );
+        assert.equal(connectValid.code, "ok", "connect valid");
+        for (const [what, method, bytes] of refused) {
+          const answers = [
+            ["grpc", await grpcRawCall(grpc, method, bytes)],
+            ["connect", await connectPost(fx.server.url, method, "application/proto", new Uint8Array(bytes))],
+          ] as const;
+          for (const [protocol, { code, reason }] of answers) {
+            // Any code but INVALID_ARGUMENT, or one without an ErrorInfo reason, is wrong.
+            if (code.toLowerCase().replace(/_/g, "") !== "invalidargument" || !reason) {
+              wrong.push(`${protocol} ${method} ${what}: ${code} ${reason ?? "(no reason)"}`);
+            }
+          }
+        }
+      });
+      const { events } = await fx.client.runs.listRunEvents({ runId });
+      assert.deepEqual(
+        events.map((e) => [e.seq, e.payload]),
+        [
+          [1n, { t: "\u20ac" }],
+          [2n, { t: "\u20ac" }],
+        ],
+        "only the two valid events were stored",
+      );
+      assert.equal(await runCount(), before, "no run was created by a refused request");
+      assert.deepEqual(wrong, [], "every request with invalid UTF-8 is INVALID_ARGUMENT with a reason");
     });
 
     it("5. int64 counters stay exact end to end; negative ones are refused", async () => {
@@ -315,6 +472,69 @@ for (const backend of await backends()) {
         seqs,
         Array.from({ length: 98 }, (_, i) => i + 1),
       );
+    });
+
+    it("8. over binary gRPC (grpc-js) and the Connect protocol too, readers that fell behind catch up", {
+      timeout: 60_000,
+    }, async () => {
+      const { run } = await fx.client.runs.createRun({ run: {} });
+      const runId = run?.runId ?? "";
+      await fx.client.runs.appendRunEvents({ runId, events: [{ type: "diff", payload: { first: true } }] });
+      // Two readers with HTTP/2's default 64 KiB windows, so that a reader that stops reading stops
+      // the server's sender within an event of 240 KB: a plain grpc-js client, and Connect with JSON.
+      const grpc = grpcRunService(fx.server.app.port);
+      const sessionManager = new Http2SessionManager(fx.server.url);
+      const connect = createConnectClient(
+        RunService,
+        createConnectTransport({
+          baseUrl: fx.server.url,
+          httpVersion: "2",
+          useBinaryFormat: false,
+          sessionManager,
+        }),
+      );
+      try {
+        // A cast of the member keeps `this` (the client) in the call.
+        const grpcCallStream = (
+          grpc.StreamRunEvents as (req: unknown) => ClientReadableStream<{ event: { seq: string } }>
+        )({ run_id: runId });
+        const readers = {
+          grpc: (async function* () {
+            for await (const message of grpcCallStream) yield Number(message.event.seq);
+          })(),
+          connect: (async function* () {
+            for await (const message of connect.streamRunEvents({ runId })) yield Number(message.event?.seq);
+          })(),
+        };
+        // Each reads the first event, then stops reading.
+        for (const reader of Object.values(readers)) assert.equal((await reader.next()).value, 1);
+        // 2 x 16 events of 240 KB: each append is more than one database read of the stream holds
+        // (2 MiB), and all of it is far more than the 8 events the stream buffer keeps.
+        const blob = "x".repeat(240 * 1024);
+        for (let b = 0; b < 2; b++) {
+          await fx.client.runs.appendRunEvents({
+            runId,
+            events: Array.from({ length: 16 }, (_, i) => ({
+              type: "command_output",
+              payload: { b, i, blob },
+            })),
+          });
+        }
+        await fx.client.runs.finishRun({ runId, status: RunStatus.COMPLETED });
+        // Both read on; with the poll an hour away, ending at all proves neither waited for it.
+        const rest = async (reader: AsyncGenerator<number>) => {
+          const seqs = [1];
+          for await (const seq of reader) seqs.push(seq);
+          return seqs;
+        };
+        const [grpcSeqs, connectSeqs] = await Promise.all([rest(readers.grpc), rest(readers.connect)]);
+        const all = Array.from({ length: 34 }, (_, i) => i + 1);
+        assert.deepEqual(grpcSeqs, all, "grpc-js");
+        assert.deepEqual(connectSeqs, all, "Connect");
+      } finally {
+        grpc.close();
+        sessionManager.abort();
+      }
     });
   });
 }

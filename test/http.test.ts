@@ -15,7 +15,7 @@ import { RunService } from "../gen/agentstore/v1/run_service_pb.ts";
 import { type AgentStoreClient, Code, ConnectError, createClient } from "../src/client/index.ts";
 import { bind, type Handler, type HttpServer, ListenError, listen } from "../src/server/http.ts";
 import { rejectsWith } from "./helpers/assertions.ts";
-import { pglite, type TestDatabase } from "./helpers/databases.ts";
+import { backends, pglite, type TestDatabase } from "./helpers/databases.ts";
 import { type GrpcError, grpcRunService, struct, unary } from "./helpers/grpc-js.ts";
 import { startServer, type TestServer, useServer } from "./helpers/servers.ts";
 
@@ -163,90 +163,139 @@ async function stubbornH2Client(port: number) {
   };
 }
 
-describe("oversize requests over HTTP/2 (read limit 1 MiB)", () => {
-  const fixture = useServer(pglite(), { AGENTSTORE_MAX_MESSAGE_BYTES: String(MiB) });
+/** The number of runs stored, all pages. */
+async function runCount(client: AgentStoreClient) {
+  let total = 0;
+  let pageToken = "";
+  do {
+    const page = await client.runs.listRuns({ pageSize: 500, pageToken });
+    total += page.runs.length;
+    pageToken = page.nextPageToken;
+  } while (pageToken !== "");
+  return total;
+}
 
-  it("the typed client gets RESOURCE_EXHAUSTED for 12 MiB, and its connection keeps working", async () => {
-    // Over node:http2's default maxSessionMemory (10 MB) of the client's session.
-    const client = createClient({ baseUrl: fixture.server.url });
-    try {
-      await rejectsWith(
-        client.runs.createRun({ run: { threadId: "big", metadata: bigMetadata(12 * MiB) } }),
-        Code.ResourceExhausted,
-      );
-      const { run } = await client.runs.createRun({ run: { threadId: "after-big" } });
-      assert.equal(run?.threadId, "after-big");
-    } finally {
-      client.close();
-    }
-  });
+/**
+ * Asserts that a refused CreateRun stored nothing: exactly `created` runs were added since
+ * `before`, and none in the refused request's thread (each refusal names a thread of its own).
+ */
+async function assertStoredOnly(
+  client: AgentStoreClient,
+  before: number,
+  created: number,
+  refusedThread: string,
+) {
+  const { runs } = await client.runs.listRuns({ threadId: refusedThread });
+  assert.equal(runs.length, 0, `the refused CreateRun of ${refusedThread} was stored`);
+  assert.equal(await runCount(client), before + created, "a refused CreateRun stored a run");
+}
 
-  it("refusals of 4 MiB in a row do not add up to a poisoned connection", async () => {
-    const client = createClient({ baseUrl: fixture.server.url });
-    try {
-      for (let i = 0; i < 4; i++) {
+for (const backend of await backends()) {
+  describe(`oversize requests over HTTP/2 (read limit 1 MiB) on ${backend.name}`, {
+    skip: backend.skip,
+  }, () => {
+    const fixture = useServer(backend, { AGENTSTORE_MAX_MESSAGE_BYTES: String(MiB) });
+    const bigThread = () => `big-${crypto.randomUUID()}`;
+
+    it("the typed client gets RESOURCE_EXHAUSTED for 12 MiB, and its connection keeps working", async () => {
+      // Over node:http2's default maxSessionMemory (10 MB) of the client's session.
+      const client = createClient({ baseUrl: fixture.server.url });
+      const total = await runCount(fixture.client);
+      const threadId = bigThread();
+      try {
         await rejectsWith(
-          client.runs.createRun({ run: { threadId: `big-${i}`, metadata: bigMetadata(4 * MiB) } }),
+          client.runs.createRun({ run: { threadId, metadata: bigMetadata(12 * MiB) } }),
           Code.ResourceExhausted,
         );
-        const { run } = await client.runs.createRun({ run: { threadId: `small-${i}` } });
-        assert.equal(run?.threadId, `small-${i}`);
+        const { run } = await client.runs.createRun({ run: { threadId: "after-big" } });
+        assert.equal(run?.threadId, "after-big");
+      } finally {
+        client.close();
       }
-    } finally {
-      client.close();
-    }
+      await assertStoredOnly(fixture.client, total, 1, threadId);
+    });
+
+    it("refusals of 4 MiB in a row do not add up to a poisoned connection", async () => {
+      const client = createClient({ baseUrl: fixture.server.url });
+      const total = await runCount(fixture.client);
+      const threadId = bigThread();
+      try {
+        for (let i = 0; i < 4; i++) {
+          await rejectsWith(
+            client.runs.createRun({ run: { threadId, metadata: bigMetadata(4 * MiB) } }),
+            Code.ResourceExhausted,
+          );
+          const { run } = await client.runs.createRun({ run: { threadId: `small-${i}` } });
+          assert.equal(run?.threadId, `small-${i}`);
+        }
+      } finally {
+        client.close();
+      }
+      await assertStoredOnly(fixture.client, total, 4, threadId);
+    });
+
+    it("the Connect protocol over HTTP/2 gets RESOURCE_EXHAUSTED too, and keeps its connection", async () => {
+      const sessionManager = new Http2SessionManager(fixture.server.url);
+      const client = createConnectClient(
+        RunService,
+        createConnectTransport({ baseUrl: fixture.server.url, httpVersion: "2", sessionManager }),
+      );
+      const total = await runCount(fixture.client);
+      const threadId = bigThread();
+      try {
+        await rejectsWith(
+          client.createRun({ run: { threadId, metadata: bigMetadata(12 * MiB) } }),
+          Code.ResourceExhausted,
+        );
+        const { run } = await client.createRun({ run: { threadId: "connect-after-big" } });
+        assert.equal(run?.threadId, "connect-after-big");
+      } finally {
+        sessionManager.abort();
+      }
+      await assertStoredOnly(fixture.client, total, 1, threadId);
+    });
+
+    it("a grpc-js client gets RESOURCE_EXHAUSTED, and its connection keeps working", async () => {
+      const client = grpcRunService(fixture.server.app.port);
+      const total = await runCount(fixture.client);
+      const threadId = bigThread();
+      try {
+        const big = { run: { thread_id: threadId, metadata: struct(bigMetadata(12 * MiB)) } };
+        const err = await unary(client, "CreateRun", big).then(
+          () => assert.fail("an oversize request succeeded"),
+          (e: GrpcError) => e,
+        );
+        assert.equal(err.code, Code.ResourceExhausted, err.message);
+        const res = await unary<{ run: { thread_id: string } }>(client, "CreateRun", {
+          run: { thread_id: "grpc-js-after-big" },
+        });
+        assert.equal(res.run.thread_id, "grpc-js-after-big");
+      } finally {
+        client.close();
+      }
+      await assertStoredOnly(fixture.client, total, 1, threadId);
+    });
   });
 
-  it("the Connect protocol over HTTP/2 gets RESOURCE_EXHAUSTED too, and keeps its connection", async () => {
-    const sessionManager = new Http2SessionManager(fixture.server.url);
-    const client = createConnectClient(
-      RunService,
-      createConnectTransport({ baseUrl: fixture.server.url, httpVersion: "2", sessionManager }),
-    );
-    try {
+  describe(`oversize requests at the default read limit (16 MiB) on ${backend.name}`, {
+    skip: backend.skip,
+  }, () => {
+    const fixture = useServer(backend);
+
+    it("a 17 MiB CreateRun is RESOURCE_EXHAUSTED, stores nothing, and the next call on the client succeeds", async () => {
+      const client: AgentStoreClient = fixture.client;
+      const total = await runCount(client);
+      const threadId = `big-${crypto.randomUUID()}`;
       await rejectsWith(
-        client.createRun({ run: { threadId: "big", metadata: bigMetadata(12 * MiB) } }),
+        client.runs.createRun({ run: { threadId, metadata: bigMetadata(17 * MiB) } }),
         Code.ResourceExhausted,
       );
-      const { run } = await client.createRun({ run: { threadId: "connect-after-big" } });
-      assert.equal(run?.threadId, "connect-after-big");
-    } finally {
-      sessionManager.abort();
-    }
+      const { run } = await client.runs.createRun({ run: { threadId: "after-17" } });
+      assert.equal(run?.threadId, "after-17");
+      await assertStoredOnly(client, total, 1, threadId);
+    });
   });
-
-  it("a grpc-js client gets RESOURCE_EXHAUSTED, and its connection keeps working", async () => {
-    const client = grpcRunService(fixture.server.app.port);
-    try {
-      const big = { run: { thread_id: "big", metadata: struct(bigMetadata(12 * MiB)) } };
-      const err = await unary(client, "CreateRun", big).then(
-        () => assert.fail("an oversize request succeeded"),
-        (e: GrpcError) => e,
-      );
-      assert.equal(err.code, Code.ResourceExhausted, err.message);
-      const res = await unary<{ run: { thread_id: string } }>(client, "CreateRun", {
-        run: { thread_id: "grpc-js-after-big" },
-      });
-      assert.equal(res.run.thread_id, "grpc-js-after-big");
-    } finally {
-      client.close();
-    }
-  });
-});
-
-describe("oversize requests at the default read limit (16 MiB)", () => {
-  const fixture = useServer(pglite());
-
-  it("a 17 MiB CreateRun is RESOURCE_EXHAUSTED, and the next call on the client succeeds", async () => {
-    const client: AgentStoreClient = fixture.client;
-    await rejectsWith(
-      client.runs.createRun({ run: { threadId: "big", metadata: bigMetadata(17 * MiB) } }),
-      Code.ResourceExhausted,
-    );
-    const { run } = await client.runs.createRun({ run: { threadId: "after-17" } });
-    assert.equal(run?.threadId, "after-17");
-  });
-});
+}
 
 describe("HTTP/2 request bodies that the handler did not read to the end", () => {
   const servers: HttpServer[] = [];

@@ -50,7 +50,7 @@ function checkString(value: string, path: string, violations: GuardViolation[]):
     violations.push({
       field: path,
       rule: "string.well_formed",
-      message: "must be well-formed Unicode (no lone surrogate)",
+      message: "must be well-formed Unicode (valid UTF-8, no lone surrogate)",
     });
   }
 }
