@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFile, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
@@ -135,5 +136,48 @@ describe("the README's examples", () => {
 
   it("the TypeScript runner loop runs twice and ends", async () => {
     for (const stdout of await ts("runner-typescript")) assert.match(stdout, /^command 1: you said hello$/m);
+  });
+});
+
+describe("the README's first command", () => {
+  it("`make run` serves the embedded default until it is stopped", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "agentstore-make-run-"));
+    // The documented command, with only the port and the data directory moved out of the way.
+    const child = spawn("make", ["run"], {
+      cwd: ROOT,
+      env: { ...process.env, AGENTSTORE_LISTEN: "127.0.0.1:0", AGENTSTORE_DATA_DIR: join(dir, "data") },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
+    try {
+      let output = "";
+      const port = await new Promise<number>((resolve, reject) => {
+        const onData = (chunk: Buffer) => {
+          output += chunk;
+          const match = /"port":(\d+).*"msg":"agentstore serving"/.exec(output);
+          if (match) resolve(Number(match[1]));
+        };
+        child.stdout.on("data", onData);
+        child.stderr.on("data", onData);
+        child.once("exit", (code) => reject(new Error(`make run exited with ${code}:\n${output}`)));
+      });
+      const { stdout } = await run(
+        join(ROOT, "node_modules/.bin/buf"),
+        [
+          "curl",
+          "--protocol",
+          "grpc",
+          "--http2-prior-knowledge",
+          `http://127.0.0.1:${port}/grpc.health.v1.Health/Check`,
+        ],
+        { cwd: ROOT, timeout: 60_000 },
+      );
+      assert.match(stdout, /"status": "SERVING"/);
+    } finally {
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      if (child.pid !== undefined && child.exitCode === null) process.kill(-child.pid, "SIGTERM");
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
