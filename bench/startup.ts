@@ -33,6 +33,10 @@ interface Sample {
   servingMs: number;
   firstCallMs: number;
   secondCallMs: number;
+  /** StreamRunEvents opened on the fresh process: call start to its first (stored) event. */
+  firstStreamMs: number;
+  /** WatchRuns opened on the fresh process: call start to its first change. */
+  firstWatchMs: number;
   idleRssMb: number;
   peakRssMb: number;
 }
@@ -79,11 +83,28 @@ async function once(root: string, dataDir: string): Promise<Sample> {
       events: [{ type: "diff", payload: { a: 1 } }],
     });
     const secondCallMs = performance.now() - t;
+    t = performance.now();
+    const stream = new AbortController();
+    for await (const _ of client.runs.streamRunEvents(
+      { runId: run?.runId ?? "" },
+      { signal: stream.signal },
+    )) {
+      break;
+    }
+    const firstStreamMs = performance.now() - t;
+    stream.abort();
+    t = performance.now();
+    const watch = new AbortController();
+    for await (const _ of client.runs.watchRuns({ afterVersion: 0n }, { signal: watch.signal })) break;
+    const firstWatchMs = performance.now() - t;
+    watch.abort();
     await new Promise((r) => setTimeout(r, IDLE_MS));
     return {
       servingMs,
       firstCallMs,
       secondCallMs,
+      firstStreamMs,
+      firstWatchMs,
       idleRssMb: rssOf(serverPid, "VmRSS"),
       peakRssMb: rssOf(serverPid, "VmHWM"),
     };
@@ -140,14 +161,14 @@ try {
 const lines = [
   `### Embedded start-up — ${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB, medians of ${REPS}`,
   "",
-  "| checkout | start → SERVING ms | first call ms | second call ms | idle RSS MiB | peak RSS MiB |",
-  "| --- | --- | --- | --- | --- | --- |",
+  "| checkout | start → SERVING ms | first call ms | second call ms | first stream's first event ms | first WatchRuns change ms | idle RSS MiB | peak RSS MiB |",
+  "| --- | --- | --- | --- | --- | --- | --- | --- |",
 ];
 for (const root of roots) {
   const s = samples.get(root) ?? [];
   const pick = (k: keyof Sample) => median(s.map((x) => x[k])).toFixed(0);
   lines.push(
-    `| ${root === ROOT ? "this checkout" : root} | ${pick("servingMs")} | ${pick("firstCallMs")} | ${median(s.map((x) => x.secondCallMs)).toFixed(1)} | ${pick("idleRssMb")} | ${pick("peakRssMb")} |`,
+    `| ${root === ROOT ? "this checkout" : root} | ${pick("servingMs")} | ${pick("firstCallMs")} | ${median(s.map((x) => x.secondCallMs)).toFixed(1)} | ${median(s.map((x) => x.firstStreamMs)).toFixed(1)} | ${median(s.map((x) => x.firstWatchMs)).toFixed(1)} | ${pick("idleRssMb")} | ${pick("peakRssMb")} |`,
   );
 }
 lines.push("", "Existing data directory; `npm start` as `make run` runs it; RSS of the server process.", "");

@@ -78,7 +78,10 @@ export async function spawnServer(env: Record<string, string>, port = 0): Promis
   const exited = once(child, "exit");
   const listening = new Promise<number>((resolve, reject) => {
     // A first start creates and migrates the embedded database: seconds, and far more on a loaded machine.
-    const timer = setTimeout(() => reject(new Error(`server did not start within 120 s:\n${output}`)), 120_000);
+    const timer = setTimeout(
+      () => reject(new Error(`server did not start within 120 s:\n${output}`)),
+      120_000,
+    );
     const onData = () => {
       const match = /"port":(\d+).*"msg":"agentstore serving"/.exec(output);
       if (match) {
