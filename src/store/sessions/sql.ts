@@ -83,20 +83,37 @@ export const deriveSessions = statement<
 });
 
 /**
- * Creates a session for its first run, or starts a deleted or expired one afresh (its read
- * cursors and interrupts were removed with it).
+ * Creates a session for its first run, with the execution fields its runs give it, or starts a
+ * deleted or expired one afresh (its read cursors and interrupts were removed with it).
  */
 export const startSession = statement<
-  [tenant: string, id: string, profile: string | null, project: string | null, version: number]
+  [
+    tenant: string,
+    id: string,
+    profile: string | null,
+    project: string | null,
+    version: number,
+    executionState: string,
+    activeRunId: string | null,
+    lastRunId: string | null,
+    activeCommandId: string | null,
+    lastCommandId: string | null,
+    terminalStatus: string | null,
+    failureKind: string | null,
+    threadId: string | null,
+    title: string | null,
+  ]
 >()({
   name: "sessions.start",
   text: `insert into sessions (tenant_id, id, backend_profile, project, title_set, summary, metadata, version,
-           execution_state, last_activity_at, created_at, updated_at)
-         values ($1, $2, $3, $4, false, '{}', '{}', $5, 'idle', clock_timestamp(), clock_timestamp(), clock_timestamp())
-         on conflict (tenant_id, id) do update set backend_profile = $3, project = $4, thread_id = null,
-           title = null, title_set = false, summary = '{}', metadata = '{}', version = $5, execution_state = 'idle',
-           active_run_id = null, last_run_id = null, active_command_id = null, last_command_id = null,
-           terminal_status = null, failure_kind = null, expires_at = null, deleted_at = null,
+           execution_state, active_run_id, last_run_id, active_command_id, last_command_id, terminal_status,
+           failure_kind, thread_id, title, last_activity_at, created_at, updated_at)
+         values ($1, $2, $3, $4, false, '{}', '{}', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+           clock_timestamp(), clock_timestamp(), clock_timestamp())
+         on conflict (tenant_id, id) do update set backend_profile = $3, project = $4, title_set = false,
+           summary = '{}', metadata = '{}', version = $5, execution_state = $6, active_run_id = $7,
+           last_run_id = $8, active_command_id = $9, last_command_id = $10, terminal_status = $11,
+           failure_kind = $12, thread_id = $13, title = $14, expires_at = null, deleted_at = null,
            last_activity_at = clock_timestamp(), created_at = clock_timestamp(), updated_at = clock_timestamp()`,
   row: {},
 });

@@ -71,31 +71,31 @@ async function syncOne(tx: Tx, tenant: string, row: Derived, createdRuns: Set<st
   if (!row.sessionExists || row.sessionGone) {
     // Only a new run starts a session; the later writes of a deleted session's old runs do not.
     if (!joinedByNewRun) return;
+    if (row.sessionExists) {
+      // A deleted or expired session starts afresh: what its readers and runs left goes.
+      await tx.em.nativeDelete(SessionReadCursorEntity, { tenantId: tenant, sessionId: row.sessionId });
+      await tx.em.nativeDelete(InterruptEntity, { tenantId: tenant, sessionId: row.sessionId });
+    }
+    const next = derive(row);
     const version = await tx.nextVersion(tenant, SESSIONS_STREAM);
-    await tx.em.nativeDelete(SessionReadCursorEntity, { tenantId: tenant, sessionId: row.sessionId });
-    await tx.em.nativeDelete(InterruptEntity, { tenantId: tenant, sessionId: row.sessionId });
-    await tx.sql.all(startSession, tenant, row.sessionId, row.lastRunProfile, row.lastRunProject, version);
-    return syncOne(
-      tx,
+    await tx.sql.all(
+      startSession,
       tenant,
-      {
-        ...row,
-        sessionExists: true,
-        sessionGone: false,
-        sessionProfile: row.lastRunProfile,
-        executionState: "idle",
-        activeRunId: null,
-        lastRunId: null,
-        activeCommandId: null,
-        lastCommandId: null,
-        terminalStatus: null,
-        failureKind: null,
-        threadId: null,
-        title: null,
-        titleSet: false,
-      },
-      new Set(),
+      row.sessionId,
+      row.lastRunProfile,
+      row.lastRunProject,
+      version,
+      next.executionState,
+      next.activeRunId,
+      next.lastRunId,
+      next.activeCommandId,
+      next.lastCommandId,
+      next.terminalStatus,
+      next.failureKind,
+      next.threadId,
+      next.title,
     );
+    return;
   }
   if (joinedByNewRun && row.lastRunProfile !== row.sessionProfile) {
     throw new DomainError(
