@@ -17,10 +17,14 @@ export type LeaseLostPolicy = "fail" | "requeue";
 /** Feed channel told whenever a run becomes PENDING (created, released, requeued): ClaimNextRun waits on it. */
 export const PENDING_RUNS_CHANNEL = "runs.pending";
 
-/** Notice (db/unit-of-work.ts) of a run created, keyed by its id. */
-export const RUN_CREATED = "runs.created";
-/** Notice of a run deleted, keyed by its session id (runs without a session give none). */
-export const SESSION_RUN_DELETED = "runs.deleted_from_session";
+/**
+ * Notices (db/unit-of-work.ts) for the sessions a run belongs to; runs without a session give
+ * none. A run created in a session, keyed by the run's id; a run of a session that ended or was
+ * deleted, keyed by the session's id. Claims, progress and releases keep a run active and change
+ * nothing a session shows, so they give none.
+ */
+export const RUN_CREATED_IN_SESSION = "runs.created_in_session";
+export const SESSION_RUN_CHANGED = "runs.session_run_changed";
 
 /** The name of the version stream that WatchRuns follows. */
 export const RUNS_STREAM = "runs";

@@ -20,14 +20,14 @@ import {
   type MultitaskStrategy,
   type NewRun,
   PENDING_RUNS_CHANNEL,
-  RUN_CREATED,
+  RUN_CREATED_IN_SESSION,
   RUNS_STREAM,
   type Run,
   type RunFilter,
   type RunOutcome,
   type RunSnapshot,
   type RunStatus,
-  SESSION_RUN_DELETED,
+  SESSION_RUN_CHANGED,
 } from "./model.ts";
 import { insertRun, lockThread, runsStreamHead, terminateRun, updateProgress } from "./sql.ts";
 
@@ -119,7 +119,7 @@ export class RunStore {
             run.leaseLostPolicy,
           );
           if (inserted === undefined) throw new LostIdempotencyRace();
-          tx.notice({ topic: RUN_CREATED, tenant, key: id });
+          if (run.sessionId !== null) tx.notice({ topic: RUN_CREATED_IN_SESSION, tenant, key: id });
           tx.publish({ channel: PENDING_RUNS_CHANNEL, tenant, key: "", seq: version });
           return toRun(inserted.run);
         });
@@ -244,7 +244,7 @@ export class RunStore {
       await tx.em.nativeDelete(CommandEntity, { tenantId: tenant, runId });
       await tx.em.nativeDelete(RunnerJobEntity, { tenantId: tenant, runId });
       await tx.em.nativeDelete(RunEntity, { tenantId: tenant, id: runId });
-      if (run.sessionId != null) tx.notice({ topic: SESSION_RUN_DELETED, tenant, key: run.sessionId });
+      if (run.sessionId != null) tx.notice({ topic: SESSION_RUN_CHANGED, tenant, key: run.sessionId });
     });
   }
 
@@ -332,6 +332,7 @@ export async function terminate(
   );
   if (updated === undefined) return undefined;
   const run = toRun(updated.run);
+  if (run.sessionId !== null) tx.notice({ topic: SESSION_RUN_CHANGED, tenant, key: run.sessionId });
   const payload = {
     status: outcome.status,
     failure_kind: outcome.failureKind ?? "",

@@ -9,19 +9,16 @@ import { InterruptEntity, SessionBindingEntity, SessionClaimEntity } from "./ent
  */
 
 /**
- * For the sessions of the runs that took these versions or have these ids, plus the named
- * sessions: what their runs and commands say their execution fields are, beside what the session
+ * For the sessions of the runs with these ids, plus the named sessions: what their runs and commands say their execution fields are, beside what the session
  * row holds now (no row: session_exists is false). Runs and commands are ordered by
  * (created_at, id), newest first unless "first". No row when none of the runs has a session.
  */
-export const deriveSessions = statement<
-  [tenant: string, versions: number[], runIds: string[], sessionIds: string[]]
->()({
+export const deriveSessions = statement<[tenant: string, runIds: string[], sessionIds: string[]]>()({
   name: "sessions.derive",
   text: `with targets as (
            select session_id as id from runs
-           where tenant_id = $1 and session_id is not null and (version = any($2::int8[]) or id = any($3::uuid[]))
-           union select unnest($4::text[])
+           where tenant_id = $1 and session_id is not null and id = any($2::uuid[])
+           union select unnest($3::text[])
          )
          select t.id as session_id,
            s.tenant_id is not null as session_exists,

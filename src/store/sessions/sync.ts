@@ -1,7 +1,7 @@
 import { DomainError } from "../../core/errors.ts";
-import { type Tx, versionChannel, type WorkEffects, type WorkHook } from "../../db/unit-of-work.ts";
+import type { Tx, WorkEffects, WorkHook } from "../../db/unit-of-work.ts";
 import { COMMANDS_CHANGED } from "../commands/model.ts";
-import { isTerminal, RUN_CREATED, RUNS_STREAM, SESSION_RUN_DELETED } from "../runs/model.ts";
+import { isTerminal, RUN_CREATED_IN_SESSION, SESSION_RUN_CHANGED } from "../runs/model.ts";
 import { InterruptEntity, SessionReadCursorEntity } from "./entities.ts";
 import { type ExecutionState, SESSIONS_STREAM, titleFromMetadata, titleFromPrompt } from "./model.ts";
 import { applyDerived, deriveSessions, startSession } from "./sql.ts";
@@ -9,34 +9,28 @@ import { applyDerived, deriveSessions, startSession } from "./sql.ts";
 type Derived = ReturnType<typeof deriveSessions.decode>;
 
 /**
- * The sessions work hook: after every write of runs or commands, in its transaction, the sessions
- * of the runs it touched are brought up to date (created for their first run, execution fields
- * re-derived from their runs and commands) and, when anything a reader would notice changed, moved
- * to the tenant's next sessions version. Being a hook of the unit of work, it follows every path
- * that writes runs (creates, claims, progress, ends, lease recovery, deletes) and commands, present
- * and future, without those paths knowing of sessions.
+ * The sessions work hook: after a write that created, ended or deleted a run of a session, or
+ * changed a command, in its transaction, the sessions concerned are brought up to date (created
+ * for their first run, execution fields re-derived from their runs and commands) and, when
+ * anything a reader would notice changed, moved to the tenant's next sessions version. The run
+ * and command stores only give notices (db/unit-of-work.ts), and only for runs with a session: a
+ * run's end is noticed in terminate(), which every ending goes through (FinishRun, CancelRun, a
+ * multitask interrupt, lease recovery). Claims, progress and releases keep a run active, which
+ * changes nothing a session shows, and give no notice, so the claim path pays nothing for sessions.
  *
  * It reads without a lock of its own: every write of a tenant's runs, commands or sessions holds
  * the tenant's runs version lock (db/unit-of-work.ts; session writes take it too, see
  * lockSessions), so no other such write runs between its read and its update. It takes the
- * sessions version lock after that, through nextVersion, and only when something changed; a
- * write that changes no session costs one statement.
+ * sessions version lock after that, through nextVersion, and only when something changed.
  */
 export const syncSessions: WorkHook = async (tx, effects) => {
   for (const [tenant, touched] of touchedByTenant(effects)) {
-    const rows = await tx.sql.all(
-      deriveSessions,
-      tenant,
-      touched.versions,
-      [...touched.runIds],
-      [...touched.sessionIds],
-    );
+    const rows = await tx.sql.all(deriveSessions, tenant, [...touched.runIds], [...touched.sessionIds]);
     for (const row of rows) await syncOne(tx, tenant, row, touched.createdRuns);
   }
 };
 
 interface Touched {
-  versions: number[];
   runIds: Set<string>;
   sessionIds: Set<string>;
   createdRuns: Set<string>;
@@ -47,21 +41,17 @@ function touchedByTenant(effects: WorkEffects): Map<string, Touched> {
   const of = (tenant: string) => {
     let touched = byTenant.get(tenant);
     if (touched === undefined) {
-      touched = { versions: [], runIds: new Set(), sessionIds: new Set(), createdRuns: new Set() };
+      touched = { runIds: new Set(), sessionIds: new Set(), createdRuns: new Set() };
       byTenant.set(tenant, touched);
     }
     return touched;
   };
-  const runsChannel = versionChannel(RUNS_STREAM);
-  for (const change of effects.changes) {
-    if (change.channel === runsChannel) of(change.tenant).versions.push(change.seq);
-  }
   for (const notice of effects.notices) {
     if (notice.topic === COMMANDS_CHANGED) of(notice.tenant).runIds.add(notice.key);
-    else if (notice.topic === RUN_CREATED) {
+    else if (notice.topic === RUN_CREATED_IN_SESSION) {
       of(notice.tenant).runIds.add(notice.key);
       of(notice.tenant).createdRuns.add(notice.key);
-    } else if (notice.topic === SESSION_RUN_DELETED) of(notice.tenant).sessionIds.add(notice.key);
+    } else if (notice.topic === SESSION_RUN_CHANGED) of(notice.tenant).sessionIds.add(notice.key);
   }
   return byTenant;
 }
