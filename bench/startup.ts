@@ -95,8 +95,13 @@ async function once(root: string, dataDir: string): Promise<Sample> {
     stream.abort();
     t = performance.now();
     const watch = new AbortController();
-    for await (const _ of client.runs.watchRuns({ afterVersion: 0n }, { signal: watch.signal })) break;
-    const firstWatchMs = performance.now() - t;
+    let firstWatchMs = Number.NaN;
+    try {
+      for await (const _ of client.runs.watchRuns({ afterVersion: 0n }, { signal: watch.signal })) break;
+      firstWatchMs = performance.now() - t;
+    } catch {
+      // A checkout from before WatchRuns: nothing to measure.
+    }
     watch.abort();
     await new Promise((r) => setTimeout(r, IDLE_MS));
     return {
