@@ -56,7 +56,17 @@ describe("health on postgres when the database goes away", { skip: pg.skip }, ()
     server = await startServer(db, { DATABASE_URL: viaProxy.toString() });
   });
   after(async () => {
-    await server?.close();
+    // Known defect, not hidden: about one close in six after these cuts never finishes (seen in
+    // CI and reproduced alone, not yet traced; the server has no client-side query timeout, so a
+    // statement on a connection cut mid-flight may wait forever). Bounded here so the suite ends;
+    // the close is left to finish or not.
+    const closing = server?.close();
+    const bounded = await Promise.race([
+      closing?.then(() => "closed"),
+      new Promise((resolve) => setTimeout(resolve, 20_000, "timed out").unref()),
+    ]);
+    if (bounded !== "closed")
+      console.error("health.test.ts: server.close() after the proxy cuts did not finish in 20 s");
     await proxy?.close();
     await db?.drop();
   });
