@@ -39,18 +39,12 @@ export interface Notice {
   key: string;
 }
 
-/** What one work did that hooks may follow: the changes it published and the notices it gave. */
-export interface WorkEffects {
-  readonly changes: readonly Change[];
-  readonly notices: readonly Notice[];
-}
-
 /**
- * Runs after a work, in its transaction, when the work published or noticed something: the way
- * one aggregate follows another's writes atomically (sessions follow their runs and commands)
- * without the other knowing it. A hook's own publishes reach the feed; they do not run hooks again.
+ * Runs after a work that gave notices, in its transaction, with them: the way one aggregate follows
+ * another's writes atomically (sessions follow their runs and commands) while the other only says
+ * what happened. Notices a hook gives itself run no hook again.
  */
-export type WorkHook = (tx: Tx, effects: WorkEffects) => Promise<void>;
+export type WorkHook = (tx: Tx, notices: readonly Notice[]) => Promise<void>;
 
 /** The feed channel of a version-ordered stream. */
 export const versionChannel = (stream: string) => `versions:${stream}`;
@@ -166,7 +160,7 @@ export class UnitOfWork {
     return this.#queue.submit({ tenant, work }) as Promise<R>;
   }
 
-  /** Adds a hook that runs after every work with effects (modules add theirs when mounted). */
+  /** Adds a hook that runs after every work that gave notices (modules add theirs when mounted). */
   addWorkHook(hook: WorkHook): void {
     this.#hooks.push(hook);
   }
@@ -221,9 +215,8 @@ export class UnitOfWork {
         () => context,
         (entity, raw) => em.map(entity, raw as never, { disableIdentityMap: true }),
       );
-      let effects: { changes: Change[]; notices: Notice[] } | undefined;
+      let notices: Notice[] | undefined;
       const publish = (change: Change) => {
-        effects?.changes.push(change);
         const id = `${change.channel}\u0000${change.tenant}\u0000${change.key}`;
         const previous = staged.get(id);
         if (previous === undefined || previous.seq < change.seq) staged.set(id, change);
@@ -247,16 +240,16 @@ export class UnitOfWork {
             await sql.first(lockVersionRow, tenant, stream);
           },
           notice(notice) {
-            effects?.notices.push(notice);
+            notices?.push(notice);
           },
         };
         try {
-          effects = this.#hooks.length > 0 ? { changes: [], notices: [] } : undefined;
+          notices = this.#hooks.length > 0 ? [] : undefined;
           values.push(await work(tx));
-          const done = effects;
-          effects = undefined;
-          if (done !== undefined && (done.changes.length > 0 || done.notices.length > 0)) {
-            for (const hook of this.#hooks) await hook(tx, done);
+          const given = notices;
+          notices = undefined;
+          if (given !== undefined && given.length > 0) {
+            for (const hook of this.#hooks) await hook(tx, given);
           }
           // transactional() flushes only its own entity manager; a work's fork flushes here.
           if (workEm !== em) await workEm.flush();

@@ -16,6 +16,7 @@ import {
   type TokenUsage,
   TokenUsageSchema,
 } from "../../gen/agentstore/v1/run_pb.ts";
+import { DomainError, invalidArgument } from "../core/errors.ts";
 import type * as commands from "../store/commands/model.ts";
 import type { StoredEvent } from "../store/events/events.ts";
 import type * as runs from "../store/runs/model.ts";
@@ -202,4 +203,34 @@ export function eventToProto(event: StoredEvent): RunEvent {
     payload: event.payload as RunEvent["payload"],
     createTime: timestampFromDate(event.createdAt),
   });
+}
+
+/**
+ * Where a Watch* stream starts: after `after_version`, or at the head with `from_now` (then
+ * after_version must be 0). A version beyond the head is OUT_OF_RANGE (VERSION_OUT_OF_RANGE): it
+ * was never handed out, so resuming there would wait for changes the client has not seen as seen.
+ */
+export async function watchStart(
+  request: { fromNow: boolean; afterVersion: bigint },
+  head: () => Promise<number>,
+): Promise<number | "now"> {
+  if (request.fromNow && request.afterVersion !== 0n) {
+    throw invalidArgument("INVALID_ARGUMENT", "after_version must be 0 when from_now is set", {
+      field: "after_version",
+    });
+  }
+  if (request.fromNow) return "now";
+  const start = positionFromProto(request.afterVersion);
+  if (start > 0) {
+    const newest = await head();
+    if (start > newest) {
+      throw new DomainError(
+        "OUT_OF_RANGE",
+        "VERSION_OUT_OF_RANGE",
+        `after_version ${request.afterVersion} is beyond the newest version ${newest}`,
+        { version: String(newest) },
+      );
+    }
+  }
+  return start;
 }

@@ -61,6 +61,7 @@ import {
   terminalStatusFromProto,
   usageFromProto,
   usageToProto,
+  watchStart,
 } from "./run-convert.ts";
 import { msFromDuration } from "./runner-convert.ts";
 
@@ -293,11 +294,6 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
 
     async *watchRuns(req, ctx) {
       const tenant = tenantOf(ctx);
-      if (req.fromNow && req.afterVersion !== 0n) {
-        throw invalidArgument("INVALID_ARGUMENT", "after_version must be 0 when from_now is set", {
-          field: "after_version",
-        });
-      }
       const filter = {
         threadId: emptyToUndefined(req.threadId),
         sessionId: emptyToUndefined(req.sessionId),
@@ -305,18 +301,7 @@ export function createRunService(deps: RunServiceDeps): ServiceImpl<typeof RunSe
         assistantId: emptyToUndefined(req.assistantId),
         project: emptyToUndefined(req.project),
       };
-      const start = req.fromNow ? "now" : positionFromProto(req.afterVersion);
-      if (start !== "now" && start > 0) {
-        const head = await runs.watchHead(tenant);
-        if (start > head) {
-          throw new DomainError(
-            "OUT_OF_RANGE",
-            "VERSION_OUT_OF_RANGE",
-            `after_version ${req.afterVersion} is beyond the newest version ${head}`,
-            { version: String(head) },
-          );
-        }
-      }
+      const start = await watchStart(req, () => runs.watchHead(tenant));
       for await (const entry of runHub.follow(tenant, RUNS_STREAM, start, ctx.signal)) {
         const run = entry.value;
         if (

@@ -20,14 +20,14 @@ import {
   UpdateSessionResponseSchema,
   WatchSessionsResponseSchema,
 } from "../../gen/agentstore/v1/session_service_pb.ts";
-import { DomainError, invalidArgument } from "../core/errors.ts";
+import { invalidArgument } from "../core/errors.ts";
 import type { VersionHub } from "../feed/stream-hub.ts";
 import { tenantOf } from "../server/auth.ts";
 import type { GatewayStore } from "../store/sessions/gateway.ts";
 import type { InterruptStore } from "../store/sessions/interrupts.ts";
 import { attentionOf, SESSIONS_STREAM, type Session, type SessionUpdate } from "../store/sessions/model.ts";
 import type { SessionStore } from "../store/sessions/sessions.ts";
-import { dateFromProto, emptyToNull, eventToProto, positionFromProto } from "./run-convert.ts";
+import { dateFromProto, emptyToNull, eventToProto, positionFromProto, watchStart } from "./run-convert.ts";
 import { msFromDuration } from "./runner-convert.ts";
 import {
   bindingToProto,
@@ -144,23 +144,7 @@ export function createSessionService(deps: SessionServiceDeps): ServiceImpl<type
 
     async *watchSessions(req, ctx) {
       const tenant = tenantOf(ctx);
-      if (req.fromNow && req.afterVersion !== 0n) {
-        throw invalidArgument("INVALID_ARGUMENT", "after_version must be 0 when from_now is set", {
-          field: "after_version",
-        });
-      }
-      const start = req.fromNow ? "now" : positionFromProto(req.afterVersion);
-      if (start !== "now" && start > 0) {
-        const head = await sessions.watchHead(tenant);
-        if (start > head) {
-          throw new DomainError(
-            "OUT_OF_RANGE",
-            "VERSION_OUT_OF_RANGE",
-            `after_version ${req.afterVersion} is beyond the newest version ${head}`,
-            { version: String(head) },
-          );
-        }
-      }
+      const start = await watchStart(req, () => sessions.watchHead(tenant));
       const reader = emptyToNull(req.readerId);
       const profile = emptyToNull(req.backendProfile);
       for await (const entry of sessionHub.follow(tenant, SESSIONS_STREAM, start, ctx.signal)) {

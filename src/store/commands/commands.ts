@@ -135,7 +135,7 @@ export class CommandStore {
             reserved.at,
           );
           tx.publish({ channel: RUN_EVENTS_CHANNEL, tenant, key: runId, seq: reserved.eventSeq });
-          tx.notice({ topic: COMMANDS_CHANGED, tenant, key: runId });
+          if (reserved.sessionId !== null) tx.notice({ topic: COMMANDS_CHANGED, tenant, key: runId });
           return toCommand(inserted.command);
         });
       } catch (err) {
@@ -257,7 +257,7 @@ export class CommandStore {
         failure_kind: command.failureKind ?? "",
         failure_message: command.failureMessage ?? "",
       });
-      tx.notice({ topic: COMMANDS_CHANGED, tenant, key: command.runId });
+      if (active?.sessionId != null) tx.notice({ topic: COMMANDS_CHANGED, tenant, key: command.runId });
       return { command, changed: true };
     });
   }

@@ -5,7 +5,10 @@ import { DomainError } from "../../core/errors.ts";
 export type CommandType = "turn" | "steer" | "cancel" | "custom";
 export type CommandState = "pending" | "acknowledged" | "completed" | "failed" | "cancelled";
 
-/** Notice (db/unit-of-work.ts) of a command created or moved, keyed by its run id. */
+/**
+ * Notice (db/unit-of-work.ts) of a command created or moved, keyed by its run id; only for runs
+ * that belong to a session, the one thing that follows commands.
+ */
 export const COMMANDS_CHANGED = "commands.changed";
 
 export const OPEN_COMMAND_STATES = ["pending", "acknowledged"] as const;

@@ -15,11 +15,12 @@ export const reserveCommandSeq = statement<[tenant: string, runId: string]>()({
   name: "commands.reserve_seq",
   text: `update runs set last_command_seq = last_command_seq + 1, last_seq = last_seq + 1, updated_at = clock_timestamp()
          where tenant_id = $1 and id = $2 and status in ('pending', 'claimed', 'running')
-         returning last_command_seq, last_seq, updated_at`,
+         returning last_command_seq, last_seq, updated_at, session_id`,
   row: {
     commandSeq: col.safeInt("last_command_seq"),
     eventSeq: col.safeInt("last_seq"),
     at: col.timestamp("updated_at"),
+    sessionId: col.textOrNull("session_id"),
   },
 });
 
@@ -101,6 +102,6 @@ export const cancelOpenCommands = statement<
 /** Whether the command's run is active, locked so that a status event can follow in its log. */
 export const lockActiveRun = statement<[tenant: string, runId: string]>()({
   name: "commands.lock_active_run",
-  text: `select id from runs where tenant_id = $1 and id = $2 and status in ('pending', 'claimed', 'running') for update`,
-  row: { id: col.text("id") },
+  text: `select id, session_id from runs where tenant_id = $1 and id = $2 and status in ('pending', 'claimed', 'running') for update`,
+  row: { id: col.text("id"), sessionId: col.textOrNull("session_id") },
 });

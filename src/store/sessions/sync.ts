@@ -1,5 +1,5 @@
 import { DomainError } from "../../core/errors.ts";
-import type { Tx, WorkEffects, WorkHook } from "../../db/unit-of-work.ts";
+import type { Notice, Tx, WorkHook } from "../../db/unit-of-work.ts";
 import { COMMANDS_CHANGED } from "../commands/model.ts";
 import { isTerminal, RUN_CREATED_IN_SESSION, SESSION_RUN_CHANGED } from "../runs/model.ts";
 import { InterruptEntity, SessionReadCursorEntity } from "./entities.ts";
@@ -23,8 +23,8 @@ type Derived = ReturnType<typeof deriveSessions.decode>;
  * lockSessions), so no other such write runs between its read and its update. It takes the
  * sessions version lock after that, through nextVersion, and only when something changed.
  */
-export const syncSessions: WorkHook = async (tx, effects) => {
-  for (const [tenant, touched] of touchedByTenant(effects)) {
+export const syncSessions: WorkHook = async (tx, notices) => {
+  for (const [tenant, touched] of touchedByTenant(notices)) {
     const rows = await tx.sql.all(deriveSessions, tenant, [...touched.runIds], [...touched.sessionIds]);
     for (const row of rows) await syncOne(tx, tenant, row, touched.createdRuns);
   }
@@ -36,7 +36,7 @@ interface Touched {
   createdRuns: Set<string>;
 }
 
-function touchedByTenant(effects: WorkEffects): Map<string, Touched> {
+function touchedByTenant(notices: readonly Notice[]): Map<string, Touched> {
   const byTenant = new Map<string, Touched>();
   const of = (tenant: string) => {
     let touched = byTenant.get(tenant);
@@ -46,7 +46,7 @@ function touchedByTenant(effects: WorkEffects): Map<string, Touched> {
     }
     return touched;
   };
-  for (const notice of effects.notices) {
+  for (const notice of notices) {
     if (notice.topic === COMMANDS_CHANGED) of(notice.tenant).runIds.add(notice.key);
     else if (notice.topic === RUN_CREATED_IN_SESSION) {
       of(notice.tenant).runIds.add(notice.key);
