@@ -21,11 +21,12 @@ import { LocalFeed } from "./feed/local-feed.ts";
 import { PgFeed } from "./feed/pg-feed.ts";
 import type { StreamHub } from "./feed/stream-hub.ts";
 import type { Module, ModuleContext, MountedModule } from "./modules/module.ts";
+import { queueModule } from "./modules/queue.ts";
 import { runnersModule } from "./modules/runners.ts";
 import { runsModule } from "./modules/runs.ts";
 import { sessionsModule } from "./modules/sessions.ts";
 import { shareReasonlessAborts } from "./server/abort-reasons.ts";
-import { createAuthGate, tenantKey } from "./server/auth.ts";
+import { createAuthGate, tenantKey, WARMUP_TENANT } from "./server/auth.ts";
 import { createHealthService, DatabaseHealth } from "./server/health.ts";
 import { bind, type HttpServer } from "./server/http.ts";
 import { observeInterceptor, streamLimitInterceptor, validationInterceptor } from "./server/interceptors.ts";
@@ -33,7 +34,7 @@ import { createReflectionServices } from "./server/reflection.ts";
 import { refuseInvalidUtf8AsBadInput } from "./server/utf8.ts";
 
 /** Every module the server mounts. Adding a service means adding its module here, nothing else. */
-export const MODULES: readonly Module[] = [runsModule, runnersModule, sessionsModule];
+export const MODULES: readonly Module[] = [runsModule, runnersModule, sessionsModule, queueModule];
 
 /** Most calls one group commit takes, so that one transaction stays short. */
 const MAX_WRITE_GROUP = 64;
@@ -197,9 +198,6 @@ export async function startApp(
     throw err;
   }
 }
-
-/** No API key can name this tenant: configured tenant names start with a letter or digit. */
-const WARMUP_TENANT = "_warmup";
 
 /** Runs every module's warm-up through the real routes and interceptors, in process. */
 async function warmUp(

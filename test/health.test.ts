@@ -31,8 +31,10 @@ describe("health on pglite", () => {
     const { statuses } = await health.list({});
     assert.equal((await health.check({ service: "agentstore.v1.RunnerService" })).status, Status.SERVING);
     assert.equal((await health.check({ service: "agentstore.v1.SessionService" })).status, Status.SERVING);
+    assert.equal((await health.check({ service: "agentstore.v1.QueueService" })).status, Status.SERVING);
     assert.deepEqual(Object.keys(statuses).sort(), [
       "",
+      "agentstore.v1.QueueService",
       "agentstore.v1.RunService",
       "agentstore.v1.RunnerService",
       "agentstore.v1.SessionService",

@@ -48,6 +48,7 @@ describe("buf curl through server reflection", () => {
       const services = await bufCurl([...h2c, "--reflect-protocol", protocol, "--list-services", server.url]);
       assert.ok(services.ok, services.out);
       assert.deepEqual(services.out.trim().split("\n").sort(), [
+        "agentstore.v1.QueueService",
         "agentstore.v1.RunService",
         "agentstore.v1.RunnerService",
         "agentstore.v1.SessionService",

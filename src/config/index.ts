@@ -1,10 +1,12 @@
 import { parseArgs } from "node:util";
 import { type DatabaseConfig, databaseConfig, databaseSettings, redactUrl } from "./database.ts";
+import { type QueueConfig, queueConfig, queueSettings } from "./queue.ts";
 import { type RunsConfig, runsConfig, runsSettings } from "./runs.ts";
 import { DEFAULT_TENANT, type ServerConfig, serverConfig, serverSettings } from "./server.ts";
 import { readGroup, type Setting } from "./settings.ts";
 
 export type { DatabaseConfig, DatabaseTarget } from "./database.ts";
+export type { QueueConfig } from "./queue.ts";
 export type { RunLimits, RunsConfig } from "./runs.ts";
 export { DEFAULT_TENANT, type ServerConfig } from "./server.ts";
 
@@ -18,10 +20,16 @@ export interface Config {
   server: ServerConfig;
   database: DatabaseConfig;
   runs: RunsConfig;
+  queue: QueueConfig;
 }
 
 /** Every group, in the order `--help` and the README list them. */
-const GROUPS = { server: serverSettings, database: databaseSettings, runs: runsSettings };
+const GROUPS = {
+  server: serverSettings,
+  database: databaseSettings,
+  runs: runsSettings,
+  queue: queueSettings,
+};
 
 const allSettings = (): Setting[] => Object.values(GROUPS).flatMap((group) => Object.values(group));
 
@@ -76,11 +84,13 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): Config | "he
   const server = readGroup(serverSettings, flags, env, problems);
   const database = readGroup(databaseSettings, flags, env, problems);
   const runs = readGroup(runsSettings, flags, env, problems);
+  const queue = readGroup(queueSettings, flags, env, problems);
   const config: Config = {
     command,
     server: serverConfig(server, command, problems),
     database: databaseConfig(database, problems),
     runs: runsConfig(runs),
+    queue: queueConfig(queue),
   };
   if (problems.length > 0) {
     throw new ConfigError(`invalid configuration:\n  - ${problems.join("\n  - ")}`);
@@ -103,5 +113,6 @@ export function describeConfig(config: Config): Record<string, unknown> {
     tls: server.tls !== undefined,
     maxMessageBytes: server.maxMessageBytes,
     runs: { limits: config.runs.limits, stream: config.runs.stream },
+    queue: config.queue,
   };
 }

@@ -15,9 +15,11 @@ export interface Tx {
   publish(change: Change): void;
   /**
    * The next version of a tenant's watched stream ("runs", ...), and a staged change for its
-   * watchers. See `bumpVersion` below for why versions never commit out of order.
+   * watchers. See `bumpVersion` below for why versions never commit out of order. With a count,
+   * takes that many consecutive versions at once and returns the first (a batch write gives each
+   * row its own; versions a write ends up not using are gaps, which readers skip harmlessly).
    */
-  nextVersion(tenant: string, stream: string): Promise<number>;
+  nextVersion(tenant: string, stream: string, count?: number): Promise<number>;
   /**
    * Takes the tenant's version lock of a stream without a new version (nextVersion later in the
    * transaction takes it again, at no cost): for transactions that must hold it before they lock
@@ -59,10 +61,10 @@ export const versionChannel = (stream: string) => `versions:${stream}`;
  * The price is that watched writes of one tenant serialize on that row for the rest of their
  * transaction; keep such transactions short.
  */
-const bumpVersion = statement<[tenant: string, stream: string]>()({
+const bumpVersion = statement<[tenant: string, stream: string, count: number]>()({
   name: "watch_versions.bump",
-  text: `insert into watch_versions (tenant_id, stream, version) values ($1, $2, 1)
-         on conflict (tenant_id, stream) do update set version = watch_versions.version + 1
+  text: `insert into watch_versions (tenant_id, stream, version) values ($1, $2, $3::bigint)
+         on conflict (tenant_id, stream) do update set version = watch_versions.version + $3::bigint
          returning version`,
   row: { version: col.safeInt("version") },
 });
@@ -230,11 +232,11 @@ export class UnitOfWork {
           em: workEm,
           sql,
           publish,
-          async nextVersion(tenant, stream) {
-            const row = await sql.first(bumpVersion, tenant, stream);
+          async nextVersion(tenant, stream, count = 1) {
+            const row = await sql.first(bumpVersion, tenant, stream, count);
             if (row === undefined) throw new Error("the version upsert returned no row");
             publish({ channel: versionChannel(stream), tenant, key: stream, seq: row.version });
-            return row.version;
+            return row.version - count + 1;
           },
           async lockVersion(tenant, stream) {
             await sql.first(lockVersionRow, tenant, stream);

@@ -6,6 +6,12 @@ import { connectError } from "./errors.ts";
 /** The caller's tenant, set by the auth gate for every call to an agentstore service. */
 export const tenantKey = createContextKey<string | undefined>(undefined, { description: "tenant" });
 
+/**
+ * The tenant of the start-up warm-up's calls (app.ts). No API key can name it: configured tenant
+ * names start with a letter or digit.
+ */
+export const WARMUP_TENANT = "_warmup";
+
 /** Health and reflection answer without credentials: load balancers and `buf curl --list-services` need them. */
 const PUBLIC_SERVICES = new Set([
   "grpc.health.v1.Health",
