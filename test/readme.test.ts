@@ -46,6 +46,8 @@ describe("the README's examples", () => {
     assert.deepEqual([...blocks.keys()].sort(), [
       "errors",
       "health",
+      "queue",
+      "queue-typescript",
       "runner",
       "runner-typescript",
       "runs",
@@ -131,6 +133,27 @@ describe("the README's examples", () => {
       assert.match(out, /"changed": true/, "the first answer resolved the interrupt");
       assert.match(out, /^assistant_message\nterminal_status$/m);
       assert.match(out, /^chat-42$/m, "the claim became a binding");
+    }
+  });
+
+  it("the queue walk-through runs twice: enqueue, claim, renew, complete, fail and retry, snapshot", async () => {
+    for (let i = 0; i < 2; i++) {
+      const out = await sh("queue");
+      assert.match(out, /^ana@example\.com QUEUE_TASK_STATE_COMPLETED$/m);
+      assert.match(out, /^bo@example\.com QUEUE_TASK_STATE_PENDING after: smtp timeout$/m);
+      assert.match(out, /^bo@example\.com attempt 2$/m, "the failed task came back after its backoff");
+      assert.match(out, /^bo@example\.com QUEUE_TASK_STATE_COMPLETED$/m);
+      assert.match(out, /^due now: 0$/m);
+    }
+  });
+
+  it("the TypeScript queue worker runs twice and completes what it enqueued", async () => {
+    for (const stdout of await ts("queue-typescript")) {
+      assert.deepEqual(stdout.trim().split("\n").sort(), [
+        "done: thumb-a.png",
+        "done: thumb-b.png",
+        "done: thumb-c.png",
+      ]);
     }
   });
 

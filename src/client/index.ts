@@ -16,11 +16,14 @@ import {
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
 import { RunStatus } from "../../gen/agentstore/v1/run_pb.ts";
+import { QueueService } from "../../gen/agentstore/v1/queue_service_pb.ts";
 import { RunService } from "../../gen/agentstore/v1/run_service_pb.ts";
 import { RunnerService } from "../../gen/agentstore/v1/runner_service_pb.ts";
 import { SessionService } from "../../gen/agentstore/v1/session_service_pb.ts";
 
 export * from "../../gen/agentstore/v1/command_pb.ts";
+export * from "../../gen/agentstore/v1/queue_service_pb.ts";
+export * from "../../gen/agentstore/v1/queue_task_pb.ts";
 export * from "../../gen/agentstore/v1/run_event_pb.ts";
 export * from "../../gen/agentstore/v1/run_pb.ts";
 export * from "../../gen/agentstore/v1/run_service_pb.ts";
@@ -69,6 +72,8 @@ export interface AgentStoreClient {
   readonly runners: Client<typeof RunnerService>;
   /** Every SessionService RPC, typed: sessions, read state, WatchSessions, bindings, claims, interrupts. */
   readonly sessions: Client<typeof SessionService>;
+  /** Every QueueService RPC, typed: enqueue, claim, renew, complete, fail, dead tasks, schedules, WatchTasks. */
+  readonly queue: Client<typeof QueueService>;
   /**
    * Follows a run's events from `afterSeq` to its terminal event. When the connection drops or the
    * server restarts it reconnects by itself and resumes after the last seq it yielded, so the
@@ -157,6 +162,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
   const runs = createConnectClient(RunService, transport);
   const runners = createConnectClient(RunnerService, transport);
   const sessions = createConnectClient(SessionService, transport);
+  const queue = createConnectClient(QueueService, transport);
 
   async function* followRunEvents(runId: string, follow: FollowOptions = {}) {
     const { signal, types = [], maxReconnects = Number.POSITIVE_INFINITY } = follow;
@@ -200,6 +206,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
     runs,
     runners,
     sessions,
+    queue,
     followRunEvents,
     close: () => sessionManager?.abort(),
   };
