@@ -76,7 +76,7 @@ export type QueueTask = Message<"agentstore.v1.QueueTask"> & {
   state: QueueTaskState;
 
   /**
-   * Whether at most one task of its queue and lane is held at a time while this one waits.
+   * Whether it is serial: claimed only while no other serial task of its queue and lane is held.
    *
    * @generated from field: bool serial = 8;
    */
@@ -551,8 +551,9 @@ export type NewQueueTask = Message<"agentstore.v1.NewQueueTask"> & {
   timeout?: Duration | undefined;
 
   /**
-   * Hold at most one task of this queue and lane at a time while this one waits (mark every task
-   * of a lane serial to make the lane serial, like graphile-worker's named queues).
+   * Claim it only while no other serial task of its queue and lane is held: mark every task of a
+   * lane serial to run the lane one task at a time (like graphile-worker's named queues). Tasks of
+   * the lane that are not serial are claimed regardless, and do not hold the lane.
    *
    * @generated from field: bool serial = 11;
    */

@@ -43,8 +43,14 @@ export const QueueTaskEntity = defineEntity({
     updatedAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
     finishedAt: p.datetime(3).nullable(),
   },
-  uniques: [{ name: "queue_tasks_idempotency_unique", properties: ["tenantId", "queue", "idempotencyKey"] }],
   indexes: [
+    {
+      // Partial, so that no query but an enqueue's ON CONFLICT can pick it: a claim that scanned a
+      // queue through it would read every finished task of the queue instead of the pending ones.
+      name: "queue_tasks_idempotency_unique",
+      expression:
+        "create unique index queue_tasks_idempotency_unique on queue_tasks (tenant_id, queue, idempotency_key) where idempotency_key is not null",
+    },
     { name: "queue_tasks_version_idx", properties: ["tenantId", "version"] },
     {
       // ClaimTasks: a queue's pending tasks in claim order.

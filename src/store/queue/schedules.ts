@@ -6,7 +6,7 @@ import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
 import { QueueScheduleEntity, type QueueScheduleRow } from "./entities.ts";
 import { type NewTask, type Schedule, scheduleExists, scheduleNotFound } from "./model.ts";
-import { lockDueSchedules } from "./sql.ts";
+import { anyDueSchedule, lockDueSchedules } from "./sql.ts";
 import { enqueueIn } from "./tasks.ts";
 
 const SCHEDULE_LIST: ListSpec<string[]> = {
@@ -95,6 +95,7 @@ export class ScheduleStore {
 
   /** Fires every due schedule (of every tenant) once; returns how many tasks it enqueued. */
   async tick(): Promise<number> {
+    if ((await this.#db.sql.first(anyDueSchedule))?.due !== true) return 0;
     return this.#uow.run(null, async (tx) => {
       // Locked in (tenant, id) order, so that the tenants' version locks are taken in order too.
       const due = await tx.sql.all(lockDueSchedules, TICK_BATCH);

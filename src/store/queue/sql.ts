@@ -27,7 +27,7 @@ export const insertTasks = statement<[tenant: string, tasksJson: string]>()({
          from jsonb_to_recordset($2::jsonb) as r(id uuid, queue text, lane text, priority int, payload jsonb,
            idempotency_key text, payload_hash text, serial boolean, run_at timestamptz, max_attempts int,
            backoff_initial_ms int, backoff_max_ms int, timeout_ms int, schedule_id text, version int8)
-         on conflict (tenant_id, queue, idempotency_key) do nothing
+         on conflict (tenant_id, queue, idempotency_key) where idempotency_key is not null do nothing
          returning *`,
   row: task,
 });
@@ -164,7 +164,7 @@ export const completeTasks = statement<[tenant: string, workerId: string, itemsJ
            select * from jsonb_to_recordset($3::jsonb) as i(id uuid, result jsonb, version int8)
          ),
          done as (
-           update queue_tasks t set state = 'completed', result = i.result, lease_expires_at = null,
+           update queue_tasks t set state = 'completed', result = i.result, worker_id = null, lease_expires_at = null,
              attempt_deadline = null, finished_at = now(), version = i.version, updated_at = now()
            from items i
            where t.tenant_id = $1 and t.id = i.id and t.worker_id = $2 and t.state in ('claimed', 'running')
@@ -224,7 +224,7 @@ export const cancelTask = statement<[tenant: string, taskId: string, reason: str
            where tenant_id = $1 and id = $2 and state in ('pending', 'claimed', 'running') for update
          ),
          done as (
-           update queue_tasks t set state = 'cancelled', cancel_reason = $3, lease_expires_at = null,
+           update queue_tasks t set state = 'cancelled', cancel_reason = $3, worker_id = null, lease_expires_at = null,
              attempt_deadline = null, finished_at = now(), version = $4, updated_at = now()
            from old where t.tenant_id = $1 and t.id = old.id
            returning t.*
@@ -256,6 +256,7 @@ export const updateAttempt = statement<
   text: `with done as (
            update queue_tasks t set state = coalesce($4, t.state),
              latest_attempt = coalesce($5::jsonb, t.latest_attempt), session_path = coalesce($6, t.session_path),
+             worker_id = case when $4 in ('completed', 'failed', 'blocked') then null else t.worker_id end,
              lease_expires_at = case when $4 in ('completed', 'failed', 'blocked') then null else t.lease_expires_at end,
              attempt_deadline = case when $4 in ('completed', 'failed', 'blocked') then null else t.attempt_deadline end,
              finished_at = case when $4 in ('completed', 'failed', 'blocked') then now() end,
@@ -446,4 +447,11 @@ export const returnTasks = statement<[tenant: string, workerId: string, itemsJso
          )
          select * from done`,
   row: task,
+});
+
+/** Whether any schedule is due: the ticker's look outside a transaction, nearly always false. */
+export const anyDueSchedule = statement<[]>()({
+  name: "queue.any_due_schedule",
+  text: "select exists (select 1 from queue_schedules where next_run_at <= clock_timestamp()) as due",
+  row: { due: col.boolean("due") },
 });
