@@ -14,9 +14,9 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { QueueService } from "../../gen/agentstore/v1/queue_service_pb.ts";
 import type { RunEvent } from "../../gen/agentstore/v1/run_event_pb.ts";
 import { RunStatus } from "../../gen/agentstore/v1/run_pb.ts";
-import { QueueService } from "../../gen/agentstore/v1/queue_service_pb.ts";
 import { RunService } from "../../gen/agentstore/v1/run_service_pb.ts";
 import { RunnerService } from "../../gen/agentstore/v1/runner_service_pb.ts";
 import { SessionService } from "../../gen/agentstore/v1/session_service_pb.ts";

@@ -16,6 +16,13 @@ export const queueSettings = {
     schema: positiveInt,
     fallback: "1000",
   }),
+  scheduleCatchUpMs: setting({
+    env: "AGENTSTORE_SCHEDULE_CATCH_UP_MS",
+    flag: "schedule-catch-up-ms",
+    help: "schedule ticks late by less than this are all enqueued; older missed ticks are skipped but the latest",
+    schema: positiveInt,
+    fallback: "60000",
+  }),
   queueClaimPollMs: setting({
     env: "AGENTSTORE_QUEUE_CLAIM_POLL_MS",
     flag: "queue-claim-poll-ms",
@@ -28,6 +35,7 @@ export const queueSettings = {
 export interface QueueConfig {
   sweepMs: number;
   scheduleTickMs: number;
+  scheduleCatchUpMs: number;
   claimPollMs: number;
 }
 
@@ -35,6 +43,7 @@ export function queueConfig(values: GroupValues<typeof queueSettings>): QueueCon
   return {
     sweepMs: values.queueSweepMs,
     scheduleTickMs: values.scheduleTickMs,
+    scheduleCatchUpMs: values.scheduleCatchUpMs,
     claimPollMs: values.queueClaimPollMs,
   };
 }

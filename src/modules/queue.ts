@@ -29,7 +29,7 @@ export const queueModule: Module = {
     const settings = config.queue;
     const due = new WakeSignal(feed, QUEUE_DUE_CHANNEL, settings.claimPollMs);
     const queue = new QueueStore(db, uow, paging, due);
-    const schedules = new ScheduleStore(db, uow, paging);
+    const schedules = new ScheduleStore(db, uow, paging, settings.scheduleCatchUpMs);
     const sweeper = new Periodic("queue lease sweep", () => queue.sweepExpired(), logger);
     const ticker = new Periodic("queue schedule tick", () => schedules.tick(), logger);
     sweeper.start(settings.sweepMs);

@@ -1399,8 +1399,9 @@ export const QueueService: GenService<{
   },
   /**
    * Creates a schedule that enqueues its template at every tick of its cron expression: exactly
-   * one task per tick however many replicas run. After downtime only the latest missed tick is
-   * enqueued (once), the older ones are skipped.
+   * one task per tick however many replicas run. A tick late by less than the server's catch-up
+   * window (AGENTSTORE_SCHEDULE_CATCH_UP_MS, a minute by default) is enqueued as usual; ticks
+   * missed by more (downtime) are skipped, except the latest of them, which is enqueued once.
    *
    * @generated from rpc agentstore.v1.QueueService.CreateSchedule
    */

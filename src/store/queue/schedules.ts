@@ -16,9 +16,6 @@ const SCHEDULE_LIST: ListSpec<string[]> = {
   isPosition: isStringTuple(1),
 };
 
-/** Ticks late by less than this are all enqueued; older missed ticks are skipped but the latest. */
-const CATCH_UP_MS = 60_000;
-
 /** Most due schedules one tick fires, across tenants. */
 const TICK_BATCH = 100;
 
@@ -35,20 +32,23 @@ const NEVER = new Date("9999-12-31T00:00:00Z");
  * derived from the schedule and the tick, so even a second firing of the same tick would return
  * the first task.
  *
- * Late and missed ticks: a tick that is late by less than a minute (a busy replica, a short
- * restart) is enqueued as usual, so none is lost. Ticks missed by more than that (every replica
- * was down) are skipped, except the latest of them, which is enqueued once when the service comes
- * back. A schedule whose hourly ticks were missed for a day thus runs once, not 24 times.
+ * Late and missed ticks: a tick that is late by less than the catch-up window (a minute by
+ * default: a busy replica, a short restart) is enqueued as usual, so none is lost. Ticks missed by
+ * more than that (every replica was down) are skipped, except the latest of them, which is
+ * enqueued once when the service comes back. A schedule whose hourly ticks were missed for a day
+ * thus runs once, not 24 times.
  */
 export class ScheduleStore {
   readonly #db: Database;
   readonly #uow: UnitOfWork;
   readonly #paging: Paging;
+  readonly #catchUpMs: number;
 
-  constructor(db: Database, uow: UnitOfWork, paging: Paging) {
+  constructor(db: Database, uow: UnitOfWork, paging: Paging, catchUpMs: number) {
     this.#db = db;
     this.#uow = uow;
     this.#paging = paging;
+    this.#catchUpMs = catchUpMs;
   }
 
   async create(
@@ -102,7 +102,7 @@ export class ScheduleStore {
       let fired = 0;
       for (const { tenantId, id } of due) {
         const row = await tx.em.findOne(QueueScheduleEntity, { tenantId, id });
-        if (row !== null) fired += await fire(tx, row);
+        if (row !== null) fired += await fire(tx, row, this.#catchUpMs);
       }
       return fired;
     });
@@ -110,7 +110,7 @@ export class ScheduleStore {
 }
 
 /** Enqueues the ticks that have passed (see the class comment) and moves to the next tick. */
-async function fire(tx: Tx, row: QueueScheduleRow): Promise<number> {
+async function fire(tx: Tx, row: QueueScheduleRow, catchUpMs: number): Promise<number> {
   const now = new Date();
   let cron: Cron;
   try {
@@ -120,7 +120,7 @@ async function fire(tx: Tx, row: QueueScheduleRow): Promise<number> {
     return 0;
   }
   const ticks: Date[] = [];
-  const windowStart = new Date(now.getTime() - CATCH_UP_MS);
+  const windowStart = new Date(now.getTime() - catchUpMs);
   for (
     let tick = row.nextRunAt >= windowStart ? row.nextRunAt : cron.nextRun(windowStart);
     tick !== null && tick <= now;
