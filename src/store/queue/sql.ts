@@ -82,9 +82,12 @@ export const probeDue = statement<[tenant: string, queue: string, lanesJson: str
 });
 
 /**
- * Claims up to $4 due PENDING tasks, most urgent first. SKIP LOCKED: racing claims never wait for
- * each other and never take the same task (the row lock is held to commit, and a row another claim
- * changed is re-checked against `state = 'pending'` before it is taken).
+ * Claims up to $4 due PENDING tasks, most urgent first. Two guards keep a task from being taken
+ * twice. The caller holds the tenant's queue version lock, so the claims of a tenant run one after
+ * another and each statement's snapshot sees the claims committed before it. And the rows are
+ * locked FOR UPDATE SKIP LOCKED: a row another transaction holds is skipped, and a row it changed
+ * is re-checked against `state = 'pending'` before it is taken, so exclusivity would hold without
+ * the version lock too (the 64-worker test goes red only when both are removed).
  *
  * Serial lanes: a serial task is taken only with its lane's lock row, locked SKIP LOCKED and free
  * (held_task_id null), and the claim sets held_task_id in the same statement. A racing claim
