@@ -393,6 +393,30 @@ for (const backend of await backends()) {
       await rejectsWith(fx.q.getQueueTask({ taskId: randomUUID() }), Code.NotFound, REASON.taskNotFound);
       await rejectsWith(fx.q.enqueueTask({ task: { queue: "" } }), Code.InvalidArgument);
       await rejectsWith(fx.q.claimTasks({ workerId: "w", queue, maxTasks: 101 }), Code.InvalidArgument);
+      // Payloads, results and schedule templates are bounded like a run's input (1 MiB by default),
+      // and a refused one leaves nothing behind.
+      const big = { blob: "x".repeat(1_100_000) };
+      await rejectsWith(
+        fx.q.enqueueTask({ task: { queue, payload: big } }),
+        Code.ResourceExhausted,
+        "PAYLOAD_TOO_LARGE",
+      );
+      await rejectsWith(
+        fx.q.createSchedule({ schedule: { queue, cron: "* * * * *", template: { payload: big } } }),
+        Code.ResourceExhausted,
+        "PAYLOAD_TOO_LARGE",
+      );
+      const [held] = (await fx.q.claimTasks({ workerId: "w", queue })).tasks;
+      await rejectsWith(
+        fx.q.completeTask({ taskId: must(held).taskId, workerId: "w", result: big }),
+        Code.ResourceExhausted,
+        "PAYLOAD_TOO_LARGE",
+      );
+      assert.equal(
+        (await fx.q.getQueueTask({ taskId: must(held).taskId })).task?.state,
+        QueueTaskState.CLAIMED,
+      );
+      assert.equal((await fx.q.listSchedules({ queue })).schedules.length, 0);
     });
 
     it("idempotent enqueue: same key and payload gives the first task, another payload ALREADY_EXISTS, replace updates a pending task", async () => {

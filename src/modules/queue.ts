@@ -28,8 +28,13 @@ export const queueModule: Module = {
   mount({ config, db, uow, feed, paging, logger }) {
     const settings = config.queue;
     const due = new WakeSignal(feed, QUEUE_DUE_CHANNEL, settings.claimPollMs);
-    const queue = new QueueStore(db, uow, paging, due);
-    const schedules = new ScheduleStore(db, uow, paging, settings.scheduleCatchUpMs);
+    // Payloads, results and attempt records are bounded like a run's metadata and input.
+    const maxJsonBytes = config.runs.limits.maxRunJsonBytes;
+    const queue = new QueueStore(db, uow, paging, due, maxJsonBytes);
+    const schedules = new ScheduleStore(db, uow, paging, {
+      catchUpMs: settings.scheduleCatchUpMs,
+      maxJsonBytes,
+    });
     const sweeper = new Periodic("queue lease sweep", () => queue.sweepExpired(), logger);
     const ticker = new Periodic("queue schedule tick", () => schedules.tick(), logger);
     sweeper.start(settings.sweepMs);

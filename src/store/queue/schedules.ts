@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { Cron } from "croner";
 import { invalidArgument } from "../../core/errors.ts";
+import { jsonWithinLimit } from "../../core/limits.ts";
 import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging } from "../../core/paging.ts";
 import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
@@ -43,12 +44,19 @@ export class ScheduleStore {
   readonly #uow: UnitOfWork;
   readonly #paging: Paging;
   readonly #catchUpMs: number;
+  readonly #maxJsonBytes: number;
 
-  constructor(db: Database, uow: UnitOfWork, paging: Paging, catchUpMs: number) {
+  constructor(
+    db: Database,
+    uow: UnitOfWork,
+    paging: Paging,
+    options: { catchUpMs: number; maxJsonBytes: number },
+  ) {
     this.#db = db;
     this.#uow = uow;
     this.#paging = paging;
-    this.#catchUpMs = catchUpMs;
+    this.#catchUpMs = options.catchUpMs;
+    this.#maxJsonBytes = options.maxJsonBytes;
   }
 
   async create(
@@ -56,6 +64,7 @@ export class ScheduleStore {
     schedule: { id: string | null; queue: string; cron: string; timeZone: string; template: NewTask },
   ): Promise<Schedule> {
     const cron = parseCron(schedule.cron, schedule.timeZone);
+    jsonWithinLimit("the template's payload", schedule.template.payload, this.#maxJsonBytes);
     const id = schedule.id ?? `schedule-${randomUUID()}`;
     const row = await this.#uow.run(tenant, async (tx) => {
       if ((await tx.em.count(QueueScheduleEntity, { tenantId: tenant, id })) > 0) throw scheduleExists(id);

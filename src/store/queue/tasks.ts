@@ -1,5 +1,6 @@
 import { v7 as uuidv7 } from "uuid";
 import { stableHash } from "../../core/hash.ts";
+import { jsonWithinLimit } from "../../core/limits.ts";
 import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging } from "../../core/paging.ts";
 import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
@@ -81,15 +82,19 @@ export class QueueStore {
   readonly #uow: UnitOfWork;
   readonly #paging: Paging;
   readonly #due: WakeSignal;
+  /** Largest payload, result or attempt record, as JSON. */
+  readonly #maxJsonBytes: number;
 
-  constructor(db: Database, uow: UnitOfWork, paging: Paging, due: WakeSignal) {
+  constructor(db: Database, uow: UnitOfWork, paging: Paging, due: WakeSignal, maxJsonBytes: number) {
     this.#db = db;
     this.#uow = uow;
     this.#paging = paging;
     this.#due = due;
+    this.#maxJsonBytes = maxJsonBytes;
   }
 
   enqueue(tenant: string, tasks: readonly NewTask[]): Promise<Array<{ task: QueueTask; created: boolean }>> {
+    for (const task of tasks) jsonWithinLimit("a task's payload", task.payload, this.#maxJsonBytes);
     return this.#uow.run(tenant, (tx) => enqueueIn(tx, tenant, tasks));
   }
 
@@ -221,6 +226,7 @@ export class QueueStore {
     workerId: string,
     items: ReadonlyArray<{ taskId: string; result: Record<string, unknown> }>,
   ): Promise<Ended[]> {
+    for (const item of items) jsonWithinLimit("a task's result", item.result, this.#maxJsonBytes);
     return this.#uow.run(tenant, async (tx) => {
       const first = await tx.nextVersion(tenant, QUEUE_STREAM, items.length);
       const rows = await tx.sql.all(
@@ -298,6 +304,7 @@ export class QueueStore {
       sessionPath: string | null;
     },
   ): Promise<QueueTask> {
+    jsonWithinLimit("latest_attempt", update.latestAttempt, this.#maxJsonBytes);
     return this.#uow.run(tenant, async (tx) => {
       const version = await tx.nextVersion(tenant, QUEUE_STREAM);
       const row = await tx.sql.first(
