@@ -25,6 +25,7 @@ import { queueModule } from "./modules/queue.ts";
 import { runnersModule } from "./modules/runners.ts";
 import { runsModule } from "./modules/runs.ts";
 import { sessionsModule } from "./modules/sessions.ts";
+import { tasksModule } from "./modules/tasks.ts";
 import { shareReasonlessAborts } from "./server/abort-reasons.ts";
 import { createAuthGate, tenantKey, WARMUP_TENANT } from "./server/auth.ts";
 import { createHealthService, DatabaseHealth } from "./server/health.ts";
@@ -34,7 +35,13 @@ import { createReflectionServices } from "./server/reflection.ts";
 import { refuseInvalidUtf8AsBadInput } from "./server/utf8.ts";
 
 /** Every module the server mounts. Adding a service means adding its module here, nothing else. */
-export const MODULES: readonly Module[] = [runsModule, runnersModule, sessionsModule, queueModule];
+export const MODULES: readonly Module[] = [
+  runsModule,
+  runnersModule,
+  sessionsModule,
+  queueModule,
+  tasksModule,
+];
 
 /** Most calls one group commit takes, so that one transaction stays short. */
 const MAX_WRITE_GROUP = 64;

@@ -32,12 +32,14 @@ describe("health on pglite", () => {
     assert.equal((await health.check({ service: "agentstore.v1.RunnerService" })).status, Status.SERVING);
     assert.equal((await health.check({ service: "agentstore.v1.SessionService" })).status, Status.SERVING);
     assert.equal((await health.check({ service: "agentstore.v1.QueueService" })).status, Status.SERVING);
+    assert.equal((await health.check({ service: "agentstore.v1.TaskService" })).status, Status.SERVING);
     assert.deepEqual(Object.keys(statuses).sort(), [
       "",
       "agentstore.v1.QueueService",
       "agentstore.v1.RunService",
       "agentstore.v1.RunnerService",
       "agentstore.v1.SessionService",
+      "agentstore.v1.TaskService",
     ]);
     const watch = health.watch({ service: "nope.Service" })[Symbol.asyncIterator]();
     assert.equal((await watch.next()).value?.status, Status.SERVICE_UNKNOWN);

@@ -52,6 +52,7 @@ describe("buf curl through server reflection", () => {
         "agentstore.v1.RunService",
         "agentstore.v1.RunnerService",
         "agentstore.v1.SessionService",
+        "agentstore.v1.TaskService",
         "grpc.health.v1.Health",
       ]);
     }

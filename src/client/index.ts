@@ -20,7 +20,9 @@ import { RunStatus } from "../../gen/agentstore/v1/run_pb.ts";
 import { RunService } from "../../gen/agentstore/v1/run_service_pb.ts";
 import { RunnerService } from "../../gen/agentstore/v1/runner_service_pb.ts";
 import { SessionService } from "../../gen/agentstore/v1/session_service_pb.ts";
+import { TaskService } from "../../gen/agentstore/v1/task_service_pb.ts";
 
+export * from "../../gen/agentstore/v1/a2a_task_pb.ts";
 export * from "../../gen/agentstore/v1/command_pb.ts";
 export * from "../../gen/agentstore/v1/queue_service_pb.ts";
 export * from "../../gen/agentstore/v1/queue_task_pb.ts";
@@ -31,6 +33,7 @@ export * from "../../gen/agentstore/v1/runner_pb.ts";
 export * from "../../gen/agentstore/v1/runner_service_pb.ts";
 export * from "../../gen/agentstore/v1/session_pb.ts";
 export * from "../../gen/agentstore/v1/session_service_pb.ts";
+export * from "../../gen/agentstore/v1/task_service_pb.ts";
 export { Code, ConnectError };
 
 export interface ClientOptions {
@@ -74,6 +77,8 @@ export interface AgentStoreClient {
   readonly sessions: Client<typeof SessionService>;
   /** Every QueueService RPC, typed: enqueue, claim, renew, complete, fail, dead tasks, schedules, WatchTasks. */
   readonly queue: Client<typeof QueueService>;
+  /** Every TaskService RPC, typed: A2A tasks, their update streams, long polls, conversations. */
+  readonly tasks: Client<typeof TaskService>;
   /**
    * Follows a run's events from `afterSeq` to its terminal event. When the connection drops or the
    * server restarts it reconnects by itself and resumes after the last seq it yielded, so the
@@ -163,6 +168,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
   const runners = createConnectClient(RunnerService, transport);
   const sessions = createConnectClient(SessionService, transport);
   const queue = createConnectClient(QueueService, transport);
+  const tasks = createConnectClient(TaskService, transport);
 
   async function* followRunEvents(runId: string, follow: FollowOptions = {}) {
     const { signal, types = [], maxReconnects = Number.POSITIVE_INFINITY } = follow;
@@ -207,6 +213,7 @@ export function createClient(options: ClientOptions): AgentStoreClient {
     runners,
     sessions,
     queue,
+    tasks,
     followRunEvents,
     close: () => sessionManager?.abort(),
   };

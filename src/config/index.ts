@@ -4,11 +4,13 @@ import { type QueueConfig, queueConfig, queueSettings } from "./queue.ts";
 import { type RunsConfig, runsConfig, runsSettings } from "./runs.ts";
 import { DEFAULT_TENANT, type ServerConfig, serverConfig, serverSettings } from "./server.ts";
 import { readGroup, type Setting } from "./settings.ts";
+import { type TasksConfig, tasksConfig, tasksSettings } from "./tasks.ts";
 
 export type { DatabaseConfig, DatabaseTarget } from "./database.ts";
 export type { QueueConfig } from "./queue.ts";
 export type { RunLimits, RunsConfig } from "./runs.ts";
 export { DEFAULT_TENANT, type ServerConfig } from "./server.ts";
+export type { TasksConfig } from "./tasks.ts";
 
 /**
  * Configuration comes from environment variables, each overridable by a command-line flag, grouped
@@ -21,6 +23,7 @@ export interface Config {
   database: DatabaseConfig;
   runs: RunsConfig;
   queue: QueueConfig;
+  tasks: TasksConfig;
 }
 
 /** Every group, in the order `--help` and the README list them. */
@@ -29,6 +32,7 @@ const GROUPS = {
   database: databaseSettings,
   runs: runsSettings,
   queue: queueSettings,
+  tasks: tasksSettings,
 };
 
 const allSettings = (): Setting[] => Object.values(GROUPS).flatMap((group) => Object.values(group));
@@ -85,12 +89,14 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): Config | "he
   const database = readGroup(databaseSettings, flags, env, problems);
   const runs = readGroup(runsSettings, flags, env, problems);
   const queue = readGroup(queueSettings, flags, env, problems);
+  const tasks = readGroup(tasksSettings, flags, env, problems);
   const config: Config = {
     command,
     server: serverConfig(server, command, problems),
     database: databaseConfig(database, problems),
     runs: runsConfig(runs),
     queue: queueConfig(queue),
+    tasks: tasksConfig(tasks),
   };
   if (problems.length > 0) {
     throw new ConfigError(`invalid configuration:\n  - ${problems.join("\n  - ")}`);
@@ -114,5 +120,6 @@ export function describeConfig(config: Config): Record<string, unknown> {
     maxMessageBytes: server.maxMessageBytes,
     runs: { limits: config.runs.limits, stream: config.runs.stream },
     queue: config.queue,
+    tasks: config.tasks,
   };
 }

@@ -58,6 +58,11 @@ const toDate = (value: unknown, column: string): Date => {
 const toText = (value: unknown, column: string): string =>
   typeof value === "string" ? value : fail(column, "text", value);
 
+const toBytes = (value: unknown, column: string): Buffer =>
+  value instanceof Uint8Array ? Buffer.from(value) : fail(column, "bytes", value);
+const toBoolean = (value: unknown, column: string): boolean =>
+  typeof value === "boolean" ? value : fail(column, "a boolean", value);
+
 const nullable =
   <T>(decode: (value: unknown, column: string) => T) =>
   (value: unknown, column: string): T | null =>
@@ -79,12 +84,10 @@ export const col = {
   timestampOrNull: decoder(nullable(toDate)),
   /** JSON kept as the text the database produced (select it as `col::text`), for byte budgets. */
   jsonText: decoder(toText),
-  bytes: decoder((value, column) =>
-    value instanceof Uint8Array ? Buffer.from(value) : fail(column, "bytes", value),
-  ),
-  boolean: decoder((value, column) =>
-    typeof value === "boolean" ? value : fail(column, "a boolean", value),
-  ),
+  bytes: decoder(toBytes),
+  bytesOrNull: decoder(nullable(toBytes)),
+  boolean: decoder(toBoolean),
+  booleanOrNull: decoder(nullable(toBoolean)),
   /** The row's columns hydrated as an entity; null when `keyColumn` is NULL (an outer join's miss). */
   // biome-ignore lint/suspicious/noExplicitAny: see EntityMapper
   entityOrNull<E extends object>(entity: EntitySchema<E, any>, keyColumn: string): ColumnDecoder<E | null> {

@@ -1,0 +1,109 @@
+import { randomUUID } from "node:crypto";
+import { type Client, createClient } from "@connectrpc/connect";
+import { Role, TaskState } from "../../gen/agentstore/v1/a2a_task_pb.ts";
+import { TaskService } from "../../gen/agentstore/v1/task_service_pb.ts";
+import { Periodic } from "../core/periodic.ts";
+import { LogHub } from "../feed/stream-hub.ts";
+import { WakeSignal } from "../feed/wake-signal.ts";
+import { createTaskService } from "../services/task-service.ts";
+import { ConversationStore } from "../store/a2a/conversations.ts";
+import { a2aEntities } from "../store/a2a/entities.ts";
+import { TASK_UPDATES_CHANNEL } from "../store/a2a/model.ts";
+import { type TaskLogItem, TaskStore } from "../store/a2a/tasks.ts";
+import type { Module } from "./module.ts";
+
+/** Update-log entries a followed task keeps in memory for its live followers. */
+const UPDATE_BUFFER = 256;
+const UPDATE_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/**
+ * TaskService: A2A tasks with their update logs (StreamTaskUpdates through a LogHub, as run
+ * events), GetTask's long poll, and conversations. Each replica runs one background loop, the
+ * sweeper that deletes expired tasks and idle conversations (reads hide them from their expiry on).
+ */
+export const tasksModule: Module = {
+  name: "tasks",
+  entities: a2aEntities,
+  mount({ config, db, uow, feed, paging, logger }) {
+    const settings = config.tasks;
+    const tasks = new TaskStore(db, uow, paging, {
+      defaultTtlMs: settings.defaultTtlMs,
+      maxTaskBytes: settings.maxTaskBytes,
+    });
+    const conversations = new ConversationStore(db, uow, paging, {
+      maxMessages: settings.conversationMaxMessages,
+      ttlMs: settings.conversationTtlMs,
+    });
+    const pollMs = config.runs.stream.pollIntervalMs;
+    const updateHub = new LogHub<TaskLogItem>(
+      tasks.updateSource(),
+      feed,
+      {
+        bufferEntries: UPDATE_BUFFER,
+        bufferBytes: UPDATE_BUFFER_BYTES,
+        pageSize: 500,
+        pollIntervalMs: pollMs,
+      },
+      logger,
+    );
+    const taskChanged = new WakeSignal(feed, TASK_UPDATES_CHANNEL, pollMs);
+    const sweeper = new Periodic(
+      "a2a expiry sweep",
+      async () => {
+        await tasks.sweepExpired();
+        await conversations.sweepExpired();
+      },
+      logger,
+    );
+    sweeper.start(settings.sweepMs);
+    return {
+      services: [TaskService],
+      routes: (router) =>
+        router.service(TaskService, createTaskService({ tasks, conversations, updateHub, taskChanged })),
+      hubs: new Map([["a2a-task-updates", updateHub as LogHub<unknown>]]),
+      gauges: () => ({ "tasks.waiting": taskChanged.waiting() }),
+      async close() {
+        taskChanged.close();
+        await sweeper.stop();
+      },
+      warmUp: (transport) => warmUpTasks(createClient(TaskService, transport)),
+    };
+  },
+};
+
+/** A task's and a conversation's life through the TaskService paths, deleting both at the end. */
+async function warmUpTasks(client: Client<typeof TaskService>): Promise<void> {
+  const id = `warmup-${randomUUID()}`;
+  const contextId = `warmup-${randomUUID()}`;
+  const message = {
+    messageId: randomUUID(),
+    role: Role.AGENT,
+    parts: [{ content: { case: "text" as const, value: "w" } }],
+  };
+  try {
+    await client.saveTask({ task: { id, contextId, status: { state: TaskState.SUBMITTED } } });
+    await client.publishTaskUpdate({
+      taskId: id,
+      updates: [
+        { update: { case: "message", value: message } },
+        {
+          update: { case: "artifactUpdate", value: { artifact: { artifactId: "a", parts: message.parts } } },
+        },
+        { update: { case: "statusUpdate", value: { status: { state: TaskState.COMPLETED } } } },
+      ],
+    });
+    await client.getTask({ id, historyLength: 1 });
+    await client.listTasks({ contextId, pageSize: 1 });
+    await client.listRecentTasks({ limit: 1 });
+    // The task is terminal: the stream replays it and ends.
+    for await (const _ of client.streamTaskUpdates({ taskId: id, afterSeq: 0n })) {
+    }
+    await client.appendMessage({ contextId, message });
+    await client.listMessages({ contextId, pageSize: 1 });
+    await client.getConversation({ contextId });
+    await client.getConversationStats({});
+  } finally {
+    await client.deleteTask({ id }).catch(() => {});
+    await client.deleteConversation({ contextId }).catch(() => {});
+  }
+}

@@ -1,0 +1,108 @@
+import { defineEntity, type InferEntity, p } from "@mikro-orm/core";
+
+/**
+ * A2A tasks of a tenant. The task itself (the spec's fields: status, artifacts, history, metadata)
+ * is kept as its protobuf encoding in `body`, written and read whole; the columns beside it are
+ * what lists filter and order by, and what the store manages (generation, update_seq, expiry).
+ * A row with generation 0 is a save's placeholder inside its own transaction, never committed.
+ */
+export const A2aTaskEntity = defineEntity({
+  name: "A2aTask",
+  tableName: "a2a_tasks",
+  properties: {
+    tenantId: p.text().primary(),
+    id: p.text().primary(),
+    contextId: p.text().default(""),
+    /** TaskState number of status.state. */
+    state: p.smallint().default(0),
+    /** status.timestamp, for ListTasks' status_timestamp_after. */
+    statusTime: p.datetime(3).nullable(),
+    body: p.blob(),
+    generation: p.bigint("number"),
+    updateSeq: p.bigint("number"),
+    /** Each write moves expires_at to its time + ttl_ms; null: the task never expires. */
+    ttlMs: p.bigint("number").nullable(),
+    expiresAt: p.datetime(3).nullable(),
+    createdAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
+    updatedAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
+  },
+  indexes: [
+    // ListTasks and ListRecentTasks: most recently updated first, by (updated_at, id).
+    { name: "a2a_tasks_updated_idx", properties: ["tenantId", "updatedAt", "id"] },
+    { name: "a2a_tasks_context_idx", properties: ["tenantId", "contextId", "updatedAt", "id"] },
+    {
+      name: "a2a_tasks_expiry_idx",
+      expression: "create index a2a_tasks_expiry_idx on a2a_tasks (expires_at) where expires_at is not null",
+    },
+  ],
+});
+export type A2aTaskRow = InferEntity<typeof A2aTaskEntity>;
+
+/**
+ * A task's update log: one entry per SaveTask (a snapshot) and per update of PublishTaskUpdate, by
+ * a gapless per-task seq. `body` is the encoded StreamTaskUpdatesResponse the entry streams as.
+ */
+export const A2aTaskUpdateEntity = defineEntity({
+  name: "A2aTaskUpdate",
+  tableName: "a2a_task_updates",
+  properties: {
+    tenantId: p.text().primary(),
+    taskId: p.text().primary(),
+    seq: p.bigint("number").primary(),
+    /** The task is terminal after this entry: a stream ends with it. */
+    terminal: p.boolean().default(false),
+    body: p.blob(),
+    createdAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
+  },
+});
+
+/** The conversation of an A2A context: its messages live in a2a_conversation_messages. */
+export const A2aConversationEntity = defineEntity({
+  name: "A2aConversation",
+  tableName: "a2a_conversations",
+  properties: {
+    tenantId: p.text().primary(),
+    contextId: p.text().primary(),
+    messageCount: p.bigint("number"),
+    /** Position of the newest message; positions only grow, trimming removes the oldest. */
+    lastPosition: p.bigint("number"),
+    createdAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
+    lastAccessAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
+    /** last_access_at + the idle TTL; null when conversations do not expire. */
+    expiresAt: p.datetime(3).nullable(),
+  },
+  indexes: [
+    {
+      name: "a2a_conversations_expiry_idx",
+      expression:
+        "create index a2a_conversations_expiry_idx on a2a_conversations (expires_at) where expires_at is not null",
+    },
+  ],
+});
+export type A2aConversationRow = InferEntity<typeof A2aConversationEntity>;
+
+export const A2aConversationMessageEntity = defineEntity({
+  name: "A2aConversationMessage",
+  tableName: "a2a_conversation_messages",
+  properties: {
+    tenantId: p.text().primary(),
+    contextId: p.text().primary(),
+    position: p.bigint("number").primary(),
+    messageId: p.text(),
+    /** stableHash of the message's JSON: a repeat with the same id and content is no new message. */
+    contentHash: p.text(),
+    body: p.blob(),
+    createdAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
+  },
+  uniques: [
+    { name: "a2a_conversation_messages_id_unique", properties: ["tenantId", "contextId", "messageId"] },
+  ],
+});
+export type A2aConversationMessageRow = InferEntity<typeof A2aConversationMessageEntity>;
+
+export const a2aEntities = [
+  A2aTaskEntity,
+  A2aTaskUpdateEntity,
+  A2aConversationEntity,
+  A2aConversationMessageEntity,
+];
