@@ -52,6 +52,7 @@ describe("the README's examples", () => {
       "runner-typescript",
       "runs",
       "sessions",
+      "tasks",
       "typescript",
     ]);
   });
@@ -144,6 +145,17 @@ describe("the README's examples", () => {
       assert.match(out, /^bo@example\.com attempt 2$/m, "the failed task came back after its backoff");
       assert.match(out, /^bo@example\.com QUEUE_TASK_STATE_COMPLETED$/m);
       assert.match(out, /^due now: 0$/m);
+    }
+  });
+
+  it("the A2A walk-through runs twice: save, publish, resubscribe after a seq, terminal stays terminal", async () => {
+    for (let i = 0; i < 2; i++) {
+      const out = await sh("tasks");
+      assert.match(out, /^created: true, generation 1$/m);
+      assert.match(out, /^seqs 2-4: Sales grew by 4%\.$/m);
+      assert.match(out, /^seq 3 artifact summary\nseq 4 artifact summary\nseq 5 TASK_STATE_COMPLETED$/m);
+      assert.match(out, /^failed_precondition$/m);
+      assert.match(out, /^TASK_STATE_COMPLETED, generation 3$/m);
     }
   });
 
