@@ -52,6 +52,36 @@ function trimmed(
   return { ...entry, update: { case: "task", value: withHistory(entry.update.value, historyLength) } };
 }
 
+/**
+ * A signal that aborts with NOT_FOUND when the task expires (or with the call's own reason): an
+ * expired task leaves its streams at once, not at the next sweep or poll. Each write moves the
+ * expiry, so at the old expiry the task is read again and the timer set to the new one.
+ */
+function watchExpiry(tasks: TaskStore, tenant: string, task: Task, callSignal: AbortSignal) {
+  const controller = new AbortController();
+  const onCallAbort = () => controller.abort(callSignal.reason);
+  callSignal.addEventListener("abort", onCallAbort, { once: true });
+  let timer: NodeJS.Timeout | undefined;
+  const arm = (expireTime: Task["expireTime"]) => {
+    if (expireTime === undefined || controller.signal.aborted) return;
+    const ms = Math.max(0, timestampDate(expireTime).getTime() - Date.now()) + 1;
+    timer = setTimeout(() => {
+      tasks.get(tenant, task.id).then(
+        (current) => arm(current.expireTime),
+        (err: unknown) => controller.abort(err),
+      );
+    }, ms);
+  };
+  arm(task.expireTime);
+  return {
+    signal: controller.signal,
+    stop() {
+      clearTimeout(timer);
+      callSignal.removeEventListener("abort", onCallAbort);
+    },
+  };
+}
+
 export function createTaskService(deps: TaskServiceDeps): ServiceImpl<typeof TaskService> {
   const { tasks, conversations, updateHub, taskChanged } = deps;
   return {
@@ -169,9 +199,14 @@ export function createTaskService(deps: TaskServiceDeps): ServiceImpl<typeof Tas
         }
         return;
       }
-      for await (const entry of updateHub.follow(tenant, task.id, cursor, ctx.signal)) {
-        if (entry.value.gone) throw a2aTaskNotFound(task.id);
-        yield trimmed(entry.value.entry, req.historyLength);
+      const expiry = watchExpiry(tasks, tenant, task, ctx.signal);
+      try {
+        for await (const entry of updateHub.follow(tenant, task.id, cursor, expiry.signal)) {
+          if (entry.value.gone) throw a2aTaskNotFound(task.id);
+          yield trimmed(entry.value.entry, req.historyLength);
+        }
+      } finally {
+        expiry.stop();
       }
     },
 
