@@ -73,13 +73,19 @@ const TASK_KEYS_ENV = Object.entries(TENANT_KEYS)
   .join(",");
 
 /** The main server: no default TTL, the sweeper every 100 ms (expired rows go quickly). */
-const MAIN_ENV = { AGENTSTORE_API_KEYS: TASK_KEYS_ENV, AGENTSTORE_TASK_SWEEP_MS: "100" };
+const MAIN_ENV = {
+  AGENTSTORE_API_KEYS: TASK_KEYS_ENV,
+  AGENTSTORE_TASK_SWEEP_MS: "100",
+  // No safety re-read within a test: streams and long polls must be woken by what happens.
+  AGENTSTORE_STREAM_POLL_MS: "600000",
+};
 /** Configured limits, and a sweeper that never runs during the tests: expiry must hide rows by itself. */
 const DEFAULT_TASK_TTL_MS = 1_500;
 const MAX_MESSAGES = 5;
 const CONVERSATION_TTL_MS = 3_000;
 const CONFIGURED_ENV = {
   AGENTSTORE_API_KEYS: TASK_KEYS_ENV,
+  AGENTSTORE_STREAM_POLL_MS: "600000",
   AGENTSTORE_TASK_TTL_MS: String(DEFAULT_TASK_TTL_MS),
   AGENTSTORE_TASK_SWEEP_MS: "600000",
   AGENTSTORE_CONVERSATION_MAX_MESSAGES: String(MAX_MESSAGES),
@@ -743,6 +749,61 @@ for (const backend of await backends()) {
       assert.equal(resumed.task.status?.state, TaskState.WORKING);
     });
 
+    it("a cancel racing late workers is never reverted: the task ends CANCELED or in one worker's end, and its log ends there", async () => {
+      const t = fx.alpha;
+      for (const round of range(1, 5)) {
+        const task = newTask(TaskState.WORKING);
+        const id = must(task.id);
+        await save(t, task);
+        const writers = range(1, 8).map((i) =>
+          i === 4
+            ? t.publishTaskUpdate({ taskId: id, updates: [statusUpdate(TaskState.CANCELED)] })
+            : t.publishTaskUpdate({
+                taskId: id,
+                updates: [statusUpdate(i % 3 === 0 ? TaskState.COMPLETED : TaskState.WORKING)],
+              }),
+        );
+        const { won, lost } = await settle(writers);
+        for (const err of lost) assert.equal(ConnectError.from(err).code, Code.FailedPrecondition);
+        assert.ok(won.length >= 1, `round ${round}: someone wrote`);
+        const final = await get(t, id);
+        const log = await collect(t.streamTaskUpdates({ taskId: id, afterSeq: 0n }));
+        const states = log.flatMap((e) =>
+          e.update.case === "statusUpdate" ? [e.update.value.status?.state] : [],
+        );
+        const firstEnd = states.findIndex((st) => st === TaskState.CANCELED || st === TaskState.COMPLETED);
+        assert.ok(firstEnd >= 0, `round ${round}: the task ended`);
+        assert.equal(firstEnd, states.length - 1, `round ${round}: nothing after the terminal update`);
+        assert.equal(final.status?.state, states[firstEnd], `round ${round}: the task is in its first end`);
+        await rejectsWith(
+          t.publishTaskUpdate({ taskId: id, updates: [statusUpdate(TaskState.WORKING)] }),
+          Code.FailedPrecondition,
+          REASON.terminal,
+        );
+      }
+    });
+
+    it("a task at its size limit still ends: a terminal update is never refused for size", async () => {
+      const t = fx.delta;
+      const task = newTask(TaskState.WORKING);
+      const id = must(task.id);
+      await save(t, task);
+      // Fill it close to AGENTSTORE_MAX_TASK_BYTES (2 MiB by default) with 256 KiB messages.
+      const chunk = "x".repeat(256 * 1024);
+      let refused = false;
+      for (let i = 0; i < 12 && !refused; i++) {
+        try {
+          await publish(t, id, [messageUpdate(msg(`big-${i}`, chunk))]);
+        } catch (err) {
+          assert.equal(ConnectError.from(err).code, Code.ResourceExhausted);
+          refused = true;
+        }
+      }
+      assert.ok(refused, "the task reached its size limit");
+      const ended = await publish(t, id, [statusUpdate(TaskState.CANCELED, msg("stop", chunk))]);
+      assert.equal(ended.task.status?.state, TaskState.CANCELED);
+    });
+
     it("artifact updates fold into the task as a reference model says (new ids, replace, append with and without an existing id, last_chunk)", async () => {
       const t = fx.alpha;
       const seed = Date.now() >>> 0;
@@ -1322,6 +1383,36 @@ for (const backend of await backends()) {
         50,
         "the same filters page on",
       );
+    });
+
+    it("a ListTasks page token is bound to status_timestamp_after too", async () => {
+      const t = fx.alpha;
+      const contextId = newId("ctx");
+      await Promise.all(range(1, 3).map(() => save(t, newTask(TaskState.WORKING, { contextId }))));
+      const since = timestampFromMs(0);
+      const first = await t.listTasks({ contextId, pageSize: 1, statusTimestampAfter: since });
+      assert.notEqual(first.nextPageToken, "");
+      await rejectsWith(
+        t.listTasks({
+          contextId,
+          pageSize: 1,
+          statusTimestampAfter: timestampFromMs(4_000_000_000_000),
+          pageToken: first.nextPageToken,
+        }),
+        Code.InvalidArgument,
+      );
+    });
+
+    it("a GetTask long poll on a terminal task answers at once: it takes no more updates", async () => {
+      const t = fx.alpha;
+      const task = newTask(TaskState.COMPLETED);
+      const saved = await save(t, task);
+      const { task: got } = await t.getTask({
+        id: must(task.id),
+        waitForGenerationAfter: saved.generation,
+        timeout: ms(60_000),
+      });
+      assert.equal(got?.generation, saved.generation);
     });
 
     it("ListTasks paging is stable under concurrent writes: no task twice, every task not written meanwhile exactly once", async () => {
@@ -1946,6 +2037,23 @@ for (const backend of await backends()) {
       const stats = must((await fx.delta.getConversationStats({})).stats);
       assert.equal(stats.maxHistoryLength, MAX_MESSAGES);
       assert.equal(durationMs(must(stats.idleTtl, "idle_ttl")), CONVERSATION_TTL_MS);
+    });
+
+    it("a ListMessages page token whose next messages were trimmed is OUT_OF_RANGE, not a silent skip", async () => {
+      const t = fx.alpha;
+      const contextId = newId("ctx");
+      for (const i of range(1, 5)) await t.appendMessage({ contextId, message: msg(`m${i}`) });
+      const first = await t.listMessages({ contextId, pageSize: 2 });
+      assert.deepEqual(
+        first.messages.map((m) => m.messageId),
+        ["m1", "m2"],
+      );
+      for (const i of range(6, 9)) await t.appendMessage({ contextId, message: msg(`m${i}`) });
+      await rejectsWith(
+        t.listMessages({ contextId, pageSize: 2, pageToken: first.nextPageToken }),
+        Code.OutOfRange,
+        "MESSAGES_TRIMMED",
+      );
     });
 
     it("a conversation idle past AGENTSTORE_CONVERSATION_TTL_MS is gone at once; an access keeps it alive", async () => {

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { durationFromMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type Duration, durationFromMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { ConversationStatsSchema, type Task, TaskState } from "../../gen/agentstore/v1/a2a_task_pb.ts";
 import {
@@ -41,6 +41,15 @@ const DEFAULT_RECENT = 20;
 /** Rows per read when a terminal task's log is replayed without the hub. */
 const REPLAY_PAGE = 500;
 
+const MAX_TIMER_MS = 24 * 3600 * 1000;
+
+/** A TTL of the request: unset keeps the task's, zero removes it, anything else is at least 1 ms. */
+function ttlOf(ttl: Duration | undefined): number | null | undefined {
+  if (ttl === undefined) return undefined;
+  if (ttl.seconds === 0n && ttl.nanos === 0) return null;
+  return Math.max(1, Math.ceil(Number(ttl.seconds) * 1000 + ttl.nanos / 1e6));
+}
+
 const withoutArtifacts = (task: Task): Task => ({ ...task, artifacts: [] });
 
 /** A log entry as sent: a snapshot entry's history cut to the caller's history_length. */
@@ -62,20 +71,26 @@ function watchExpiry(tasks: TaskStore, tenant: string, task: Task, callSignal: A
   const onCallAbort = () => controller.abort(callSignal.reason);
   callSignal.addEventListener("abort", onCallAbort, { once: true });
   let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
   const arm = (expireTime: Task["expireTime"]) => {
-    if (expireTime === undefined || controller.signal.aborted) return;
+    if (expireTime === undefined || stopped || controller.signal.aborted) return;
     const ms = Math.max(0, timestampDate(expireTime).getTime() - Date.now()) + 1;
-    timer = setTimeout(() => {
-      tasks.get(tenant, task.id).then(
-        (current) => arm(current.expireTime),
-        (err: unknown) => controller.abort(err),
-      );
-    }, ms);
+    // setTimeout fires at once beyond 2^31-1 ms (TTLs may be a year): wake at most daily, look again.
+    timer = setTimeout(
+      () => {
+        tasks.get(tenant, task.id).then(
+          (current) => arm(current.expireTime),
+          (err: unknown) => controller.abort(err),
+        );
+      },
+      Math.min(ms, MAX_TIMER_MS),
+    );
   };
   arm(task.expireTime);
   return {
     signal: controller.signal,
     stop() {
+      stopped = true;
       clearTimeout(timer);
       callSignal.removeEventListener("abort", onCallAbort);
     },
@@ -87,9 +102,7 @@ export function createTaskService(deps: TaskServiceDeps): ServiceImpl<typeof Tas
   return {
     async saveTask(req, ctx) {
       const task = req.task as Task;
-      // Unset keeps the task's TTL; zero removes it.
-      const ttlMs = req.ttl === undefined ? undefined : msFromDuration(req.ttl, 0) || null;
-      const saved = await tasks.save(tenantOf(ctx), task, req.expectedGeneration, ttlMs);
+      const saved = await tasks.save(tenantOf(ctx), task, req.expectedGeneration, ttlOf(req.ttl));
       return create(SaveTaskResponseSchema, saved);
     },
 
@@ -97,7 +110,9 @@ export function createTaskService(deps: TaskServiceDeps): ServiceImpl<typeof Tas
       const tenant = tenantOf(ctx);
       let task = await tasks.get(tenant, req.id);
       const after = req.waitForGenerationAfter;
-      if (after !== undefined && task.generation <= after) {
+      // A terminal task changes no more (but for a same-state save): no point in waiting.
+      const waits = after !== undefined && !isTerminal(task.status?.state ?? TaskState.UNSPECIFIED);
+      if (after !== undefined && waits && task.generation <= after) {
         const deadline = Date.now() + msFromDuration(req.timeout, DEFAULT_LONG_POLL_MS);
         for (;;) {
           // Armed before the read: a write between the read and the wait still wakes it.

@@ -831,7 +831,7 @@ export const TaskService: GenService<{
   /**
    * Returns a task; NOT_FOUND when it does not exist or expired. With wait_for_generation_after,
    * a long poll: answers as soon as the task's generation is larger, or at the timeout with the
-   * task as it is.
+   * task as it is (a terminal task answers at once: it takes no more updates).
    *
    * @generated from rpc agentstore.v1.TaskService.GetTask
    */
@@ -878,6 +878,8 @@ export const TaskService: GenService<{
    * any update of a task that is terminal, or became terminal earlier in the call, answers
    * FAILED_PRECONDITION (TASK_TERMINAL); with expected_generation, ABORTED (GENERATION_MISMATCH)
    * unless the task is at it. The call bumps the generation once, however many updates it carries.
+   * A task that would grow past the configured maximum size answers RESOURCE_EXHAUSTED
+   * (PAYLOAD_TOO_LARGE), unless the call ends it: a full task can always be cancelled.
    *
    * @generated from rpc agentstore.v1.TaskService.PublishTaskUpdate
    */
@@ -904,7 +906,7 @@ export const TaskService: GenService<{
    * Appends a message to the conversation of a context, creating the conversation. Idempotent by
    * message_id: the same id with the same message answers created = false; with another,
    * ALREADY_EXISTS (MESSAGE_ID_REUSED). The oldest messages beyond the configured maximum are
-   * dropped.
+   * dropped; the id of a dropped message is free again (appending it adds it anew).
    *
    * @generated from rpc agentstore.v1.TaskService.AppendMessage
    */
@@ -915,7 +917,8 @@ export const TaskService: GenService<{
   },
   /**
    * Pages the messages of a conversation, oldest first; an unknown or expired context has none.
-   * Counts as an access.
+   * Counts as an access. A page token whose next messages were trimmed meanwhile answers
+   * OUT_OF_RANGE (MESSAGES_TRIMMED) instead of skipping them.
    *
    * @generated from rpc agentstore.v1.TaskService.ListMessages
    */

@@ -164,6 +164,15 @@ export class ConversationStore {
     const row = await em.findOne(A2aConversationEntity, { tenantId: tenant, contextId });
     if (row === null || !live(row, now)) return { items: [], nextPageToken: "" };
     const after = Number(page.after?.[0] ?? 0);
+    const oldest = row.lastPosition - row.messageCount + 1;
+    if (page.after !== undefined && after + 1 < oldest) {
+      throw new DomainError(
+        "OUT_OF_RANGE",
+        "MESSAGES_TRIMMED",
+        `conversation ${contextId} no longer holds the messages after this page token (trimmed to its last ${row.messageCount}); list again from the start`,
+        { context_id: contextId },
+      );
+    }
     const rows = await em.find(
       A2aConversationMessageEntity,
       { tenantId: tenant, contextId, position: { $gt: after } },

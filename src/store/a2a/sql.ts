@@ -32,30 +32,38 @@ export const lockTask = statement<[tenant: string, id: string]>()({
 /**
  * A page of a task's update log after a seq, with whether the task is still there (not deleted,
  * not expired at $5) and its newest seq, from one snapshot: a stream learns in the same read that
- * its task is gone.
+ * its task is gone. Entries are kept while the ones before them fit in $6 bytes (the first always
+ * does): a log of whole-task snapshots can hold megabytes per entry.
  */
-export const readUpdates = statement<[tenant: string, id: string, after: number, limit: number, now: Date]>()(
-  {
-    name: "a2a.read_updates",
-    text: `select t.update_seq, (t.expires_at is null or t.expires_at > $5::timestamptz) as live,
+export const readUpdates = statement<
+  [tenant: string, id: string, after: number, limit: number, now: Date, maxBytes: number]
+>()({
+  name: "a2a.read_updates",
+  text: `select t.update_seq, (t.expires_at is null or t.expires_at > $5::timestamptz) as live,
            u.seq, u.terminal, u.body
          from a2a_tasks t
          left join lateral (
-           select x.seq, x.terminal, x.body from a2a_task_updates x
-           where x.tenant_id = t.tenant_id and x.task_id = t.id and x.seq > $3
-           order by x.seq limit $4
+           select sized.seq, sized.terminal, sized.body from (
+             select x.seq, x.terminal, x.body,
+               sum(octet_length(x.body)) over (order by x.seq) - octet_length(x.body) as bytes_before
+             from (
+               select seq, terminal, body from a2a_task_updates
+               where tenant_id = t.tenant_id and task_id = t.id and seq > $3
+               order by seq limit $4
+             ) x
+           ) sized
+           where sized.bytes_before < $6
          ) u on true
          where t.tenant_id = $1 and t.id = $2 and t.generation > 0
          order by u.seq`,
-    row: {
-      updateSeq: col.safeInt("update_seq"),
-      live: col.boolean("live"),
-      seq: col.safeIntOrNull("seq"),
-      terminal: col.booleanOrNull("terminal"),
-      body: col.bytesOrNull("body"),
-    },
+  row: {
+    updateSeq: col.safeInt("update_seq"),
+    live: col.boolean("live"),
+    seq: col.safeIntOrNull("seq"),
+    terminal: col.booleanOrNull("terminal"),
+    body: col.bytesOrNull("body"),
   },
-);
+});
 
 /** Deletes up to $2 tasks expired at $1 with their update logs; rows a writer holds wait for the next sweep. */
 export const sweepTasks = statement<[now: Date, limit: number]>()({

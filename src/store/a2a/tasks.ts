@@ -33,6 +33,9 @@ const TASK_LIST: ListSpec<string[]> = {
   isPosition: isStringTuple(2),
 };
 
+/** Bytes of log entries one stream read takes (a snapshot entry alone may be megabytes). */
+const READ_BUDGET_BYTES = 4 * 1024 * 1024;
+
 /** Rows one sweep statement deletes: a sweep holds row locks no longer than that takes. */
 const SWEEP_BATCH = 500;
 
@@ -123,6 +126,7 @@ export class TaskStore {
       await this.#write(tx, tenant, task, {
         generation,
         firstSeq: seq,
+        sizeChecked: true,
         entries: [{ case: "task", value: task }],
         ttlMs: ttl,
         createdAt: exists ? (row.createdAt ?? now) : now,
@@ -167,6 +171,9 @@ export class TaskStore {
         generation,
         firstSeq,
         entries,
+        // Ending a task is never refused for its size: a full task must still be cancellable, and
+        // it takes no more updates after that.
+        sizeChecked: !isTerminal(task.status?.state ?? 0),
         ttlMs,
         createdAt: row.createdAt ?? now,
         now,
@@ -196,13 +203,14 @@ export class TaskStore {
       generation: number;
       firstSeq: number;
       entries: readonly LogEntryCase[];
+      sizeChecked: boolean;
       ttlMs: number | null;
       createdAt: Date;
       now: Date;
     },
   ): Promise<Uint8Array> {
     const body = encodeTask(task);
-    if (body.byteLength > this.#options.maxTaskBytes) {
+    if (w.sizeChecked && body.byteLength > this.#options.maxTaskBytes) {
       throw taskTooLarge(task.id, body.byteLength, this.#options.maxTaskBytes);
     }
     const state = task.status?.state ?? 0;
@@ -287,7 +295,12 @@ export class TaskStore {
     filter: TaskFilter,
     request: PageRequest,
   ): Promise<Page<Task> & { total: number }> {
-    const page = this.#paging.start(TASK_LIST, tenant, filter, request);
+    const page = this.#paging.start(
+      TASK_LIST,
+      tenant,
+      { ...filter, statusTimestampAfter: filter.statusTimestampAfter?.toISOString() ?? null },
+      request,
+    );
     const now = new Date();
     const conditions: Record<string, unknown>[] = [
       { tenantId: tenant, generation: { $gt: 0 } },
@@ -347,7 +360,15 @@ export class TaskStore {
       channel: TASK_UPDATES_CHANNEL,
       head: async (tenant, taskId) => Number((await this.get(tenant, taskId)).updateSeq),
       read: async (tenant, taskId, after, limit): Promise<StreamRead<TaskLogItem>> => {
-        const rows = await this.#db.sql.all(readUpdates, tenant, taskId, after, limit, new Date());
+        const rows = await this.#db.sql.all(
+          readUpdates,
+          tenant,
+          taskId,
+          after,
+          limit,
+          new Date(),
+          READ_BUDGET_BYTES,
+        );
         const first = rows[0];
         if (first === undefined || !first.live) {
           // Deleted or expired: one last entry tells the followers, and ends their streams.
@@ -370,7 +391,7 @@ export class TaskStore {
               ],
         );
         const through = entries.at(-1)?.seq ?? after;
-        return { entries, through, more: entries.length === limit };
+        return { entries, through, more: through < first.updateSeq };
       },
     };
   }
