@@ -51,8 +51,10 @@ check: lint typecheck check-gen build
 test: node_modules
 	npm test
 
+# `npm start` runs the same command; calling node directly spares npm's own start (~0.4 s of a
+# restart). MALLOC_TRIM_THRESHOLD_ and the small young generation keep an idle server's RSS low.
 run: node_modules
-	npm start
+	MALLOC_TRIM_THRESHOLD_=131072 exec node --max-semi-space-size=4 src/main.ts
 
 migrate: node_modules
 	npm run migrate

@@ -1,5 +1,5 @@
 /**
- * Start-up benchmark of the embedded default: how long `npm start` takes to SERVING with an existing
+ * Start-up benchmark of the embedded default: how long `make run` takes to SERVING with an existing
  * data directory, the server's idle and peak RSS, and the latency of the first calls on a fresh
  * process. Each checkout given is measured in the same run, interleaved, so that the machine's load
  * affects them alike.
@@ -45,10 +45,10 @@ const rssOf = (pid: number, field: "VmRSS" | "VmHWM") =>
   Number(readFileSync(`/proc/${pid}/status`, "utf8").match(new RegExp(`${field}:\\s+(\\d+)`))?.[1] ?? 0) /
   1024;
 
-/** `npm start` in a checkout, as `make run` does, on an existing data directory. */
+/** `make run` in a checkout (the README's command), on an existing data directory. */
 async function once(root: string, dataDir: string): Promise<Sample> {
   const started = performance.now();
-  const child = spawn("npm", ["start", "--silent"], {
+  const child = spawn("make", ["-s", "run"], {
     cwd: root,
     env: {
       PATH: `${join(root, "node_modules/.bin")}:${process.env.PATH ?? ""}`,
@@ -176,7 +176,11 @@ for (const root of roots) {
     `| ${root === ROOT ? "this checkout" : root} | ${pick("servingMs")} | ${pick("firstCallMs")} | ${median(s.map((x) => x.secondCallMs)).toFixed(1)} | ${median(s.map((x) => x.firstStreamMs)).toFixed(1)} | ${median(s.map((x) => x.firstWatchMs)).toFixed(1)} | ${pick("idleRssMb")} | ${pick("peakRssMb")} |`,
   );
 }
-lines.push("", "Existing data directory; `npm start` as `make run` runs it; RSS of the server process.", "");
+lines.push(
+  "",
+  "Existing data directory; started by `make run` (the README's command) of each checkout; RSS of the server process.",
+  "",
+);
 const text = lines.join("\n");
 console.log(text);
 mkdirSync(join(ROOT, "bench/results"), { recursive: true });

@@ -1,9 +1,11 @@
+import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import {
   Code,
   ConnectError,
   type ConnectRouter,
   createRouterTransport,
   type Interceptor,
+  type Transport,
 } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { file_google_rpc_error_details } from "../gen/google/rpc/error_details_pb.ts";
@@ -54,6 +56,8 @@ export const allEntities = (modules: readonly Module[] = MODULES) => [
 
 export interface App {
   readonly port: number;
+  /** Settles once the warm-up of the paths a takeover does not need at once has run (after serving). */
+  readonly restWarmedUp: Promise<void>;
   readonly db: Database;
   readonly health: DatabaseHealth;
   /** Every mounted module's stream hubs by name ("run-events", "runs"), for stats. */
@@ -154,7 +158,7 @@ export async function startApp(
       streamLimitInterceptor(config.server.maxStreamsPerTenant),
       validationInterceptor(),
     ];
-    await warmUp(mounted, routes, interceptors, logger);
+    await warmUp("warmed up", mounted, routes, interceptors, logger, (m, t) => m.warmUp?.(t));
     const handler = connectNodeAdapter({
       routes,
       requestGate: createAuthGate(config.server.apiKeys),
@@ -177,11 +181,27 @@ export async function startApp(
       },
       "agentstore serving",
     );
+    // Each call of the background warm-up first lets the event loop turn: PGlite answers within
+    // microtasks, so a chain of calls would otherwise hold real requests (and log writes) back
+    // until it ends.
+    const yieldFirst: Interceptor = (next) => async (req) => {
+      await yieldToEventLoop();
+      return next(req);
+    };
+    const restWarmedUp = warmUp(
+      "warmed up the rest",
+      mounted,
+      routes,
+      [yieldFirst, ...interceptors],
+      logger,
+      (m, t) => m.warmUpRest?.(t),
+    );
 
     let closing: Promise<void> | undefined;
     return {
       port: server.port,
       db,
+      restWarmedUp,
       health,
       hubs,
       gauges: () => Object.assign({}, ...mounted.map((m) => m.gauges?.() ?? {})),
@@ -194,6 +214,7 @@ export async function startApp(
             new ConnectError("the server is shutting down; reconnect to resume", Code.Unavailable),
           );
           await server.close(config.server.shutdownGraceMs);
+          await restWarmedUp;
           for (const step of cleanup) await step();
           logger.info("agentstore stopped");
         })();
@@ -206,12 +227,14 @@ export async function startApp(
   }
 }
 
-/** Runs every module's warm-up through the real routes and interceptors, in process. */
+/** Runs every module's warm-up of one phase through the real routes and interceptors, in process. */
 async function warmUp(
+  phase: string,
   mounted: readonly MountedModule[],
   routes: (router: ConnectRouter) => void,
   interceptors: Interceptor[],
   logger: Logger,
+  warm: (module: MountedModule, transport: Transport) => Promise<void> | undefined,
 ): Promise<void> {
   const started = performance.now();
   const transport = createRouterTransport(routes, {
@@ -219,11 +242,11 @@ async function warmUp(
   });
   for (const module of mounted) {
     try {
-      await module.warmUp?.(transport);
+      await warm(module, transport);
     } catch (err) {
       // A cold first call is slower, not wrong: serve anyway.
       logger.warn({ err }, "warm-up failed");
     }
   }
-  logger.debug({ ms: Math.round(performance.now() - started) }, "warmed up");
+  logger.debug({ ms: Math.round(performance.now() - started) }, phase);
 }

@@ -48,11 +48,18 @@ export interface MountedModule {
   /** The module's stream hubs by name, for stats and shutdown. */
   readonly hubs: ReadonlyMap<string, StreamHub<unknown>>;
   /**
-   * Exercises the module's calls once, through the real handlers and interceptors over an
-   * in-process transport, before the server accepts calls: the first call of a fresh replica then
-   * costs what every later one does (protovalidate compiles its rules per message type on first
-   * use, the ORM builds its mappers, the database plans each statement). Calls run as a tenant no
-   * API key can name, and clean up after themselves.
+   * Exercises the calls a replica that takes over is hit with at once (claims, appends, streams,
+   * leases), through the real handlers and interceptors over an in-process transport, before the
+   * server accepts calls: those first calls then cost what every later one does (protovalidate
+   * compiles its rules per message type on first use, the ORM builds its mappers, the database
+   * plans each statement). Calls run as a tenant no API key can name, and clean up after
+   * themselves.
    */
   warmUp?(transport: Transport): Promise<void>;
+  /**
+   * The same for every other call (lists, stats, admin paths), run in the background right after
+   * the server serves: a start is not held up by paths a failover does not need at once, and a
+   * call that comes before its warm-up merely pays its own first-call cost.
+   */
+  warmUpRest?(transport: Transport): Promise<void>;
 }

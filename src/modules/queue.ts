@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { type Client, createClient } from "@connectrpc/connect";
 import { QueueService } from "../../gen/agentstore/v1/queue_service_pb.ts";
 import { Periodic } from "../core/periodic.ts";
+import type { Database } from "../db/database.ts";
 import { VersionHub } from "../feed/stream-hub.ts";
 import { WakeSignal } from "../feed/wake-signal.ts";
 import { WARMUP_TENANT } from "../server/auth.ts";
@@ -59,22 +60,26 @@ export const queueModule: Module = {
         due.close();
         await Promise.all([sweeper.stop(), ticker.stop()]);
       },
-      async warmUp(transport) {
-        try {
-          await warmUpQueue(createClient(QueueService, transport));
-        } finally {
-          // Queue tasks have no delete: the warm-up's own rows go directly.
-          const em = db.orm.em.fork();
-          await em.nativeDelete(QueueTaskEntity, { tenantId: WARMUP_TENANT });
-          await em.nativeDelete(QueueScheduleEntity, { tenantId: WARMUP_TENANT });
-        }
-      },
+      warmUp: (transport) => cleaningUp(db, () => warmUpWorkerLoop(createClient(QueueService, transport))),
+      warmUpRest: (transport) =>
+        cleaningUp(db, () => warmUpQueueAdmin(createClient(QueueService, transport))),
     };
   },
 };
 
-/** A task's life through the QueueService paths. */
-async function warmUpQueue(client: Client<typeof QueueService>) {
+/** Queue tasks have no delete: the warm-up's own rows go directly. */
+async function cleaningUp(db: Database, warm: () => Promise<void>): Promise<void> {
+  try {
+    await warm();
+  } finally {
+    const em = db.orm.em.fork();
+    await em.nativeDelete(QueueTaskEntity, { tenantId: WARMUP_TENANT });
+    await em.nativeDelete(QueueScheduleEntity, { tenantId: WARMUP_TENANT });
+  }
+}
+
+/** The worker loop: enqueue, claim, renew, complete, fail. */
+async function warmUpWorkerLoop(client: Client<typeof QueueService>) {
   const queue = `warmup-${randomUUID()}`;
   const workerId = "warmup";
   await client.enqueueTasks({
@@ -83,20 +88,30 @@ async function warmUpQueue(client: Client<typeof QueueService>) {
       { queue, payload: { n: 2 }, idempotencyKey: "k" },
     ],
   });
-  await client.enqueueTask({ task: { queue, payload: { n: 2 }, idempotencyKey: "k" } });
   const { tasks } = await client.claimTasks({ workerId, queue, maxTasks: 2 });
   const [first, second] = tasks;
   if (first === undefined || second === undefined) return;
   await client.renewTaskLease({ taskId: first.taskId, workerId });
-  await client.updateTaskAttempt({ taskId: first.taskId, workerId, latestAttempt: { runId: "" } });
   await client.completeTasks({ workerId, completions: [{ taskId: first.taskId }] });
-  await client.completeTask({ taskId: first.taskId, workerId });
   await client.failTask({ taskId: second.taskId, workerId, noRetry: true });
+}
+
+/** Single enqueues and completions, attempt reports, dead tasks, cancels, reads, stats and schedules. */
+async function warmUpQueueAdmin(client: Client<typeof QueueService>) {
+  const queue = `warmup-${randomUUID()}`;
+  const workerId = "warmup";
+  const { task } = await client.enqueueTask({ task: { queue, payload: { n: 1 }, idempotencyKey: "k" } });
+  const taskId = task?.taskId ?? "";
+  const { tasks } = await client.claimTasks({ workerId, queue, maxTasks: 1 });
+  if (tasks[0] !== undefined) {
+    await client.updateTaskAttempt({ taskId, workerId, latestAttempt: { runId: "" } });
+    await client.completeTask({ taskId, workerId });
+  }
   await client.listDeadTasks({ queue, pageSize: 1 });
-  await client.redriveTasks({ taskIds: [second.taskId] });
-  await client.cancelQueueTask({ taskId: second.taskId });
-  await client.getQueueTask({ taskId: first.taskId, readerId: workerId });
-  await client.markTaskRead({ taskId: first.taskId, readerId: workerId });
+  await client.redriveTasks({ queue });
+  await client.cancelQueueTask({ taskId });
+  await client.getQueueTask({ taskId, readerId: workerId });
+  await client.markTaskRead({ taskId, readerId: workerId });
   await client.listQueueTasks({ queue, pageSize: 1, readerId: workerId });
   await client.getQueueStats({ queue });
   await client.getQueueSnapshot({ queue });

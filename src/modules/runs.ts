@@ -91,6 +91,7 @@ export const runsModule: Module = {
       gauges: () => ({ "claims.waiting": pending.waiting() }),
       warmUp: (transport) =>
         warmUpRuns(createClient(RunService, transport), createClient(RunnerService, transport)),
+      warmUpRest: (transport) => warmUpRunReads(createClient(RunService, transport)),
     };
   },
 };
@@ -119,9 +120,6 @@ async function warmUpRuns(
   await client.appendRunEvents({ runId, events: [{ type: "warmup", payload: { n: 1 } }] });
   await client.updateRunProgress({ runId, usage: { totalTokens: 1n }, messageCount: 1n });
   await client.getRun({ runId });
-  await client.listRuns({ threadId, pageSize: 1 });
-  await client.listInflightRuns({ pageSize: 1 });
-  await client.listRunEvents({ runId, pageSize: 1 });
   await client.finishRun({ runId, status: RunStatus.COMPLETED });
   // Streamed whole, to its terminal event: the in-process transport does not pass a client's
   // cancel on to the handler, so a stream left open would keep a follower in the hub. (WatchRuns
@@ -131,6 +129,21 @@ async function warmUpRuns(
   for await (const _ of client.streamCommands({ runId, runnerId })) {
   }
   await runners.deregisterRunner({ runnerId });
-  await client.getThreadUsage({ threadId });
   await client.deleteRun({ runId });
+}
+
+/** The run reads a takeover does not need at once: lists, a run's event pages, thread usage. */
+async function warmUpRunReads(client: Client<typeof RunService>): Promise<void> {
+  const threadId = `warmup-${randomUUID()}`;
+  const { run } = await client.createRun({ run: { threadId }, requestId: randomUUID() });
+  const runId = run?.runId ?? "";
+  try {
+    await client.listRuns({ threadId, pageSize: 1 });
+    await client.listInflightRuns({ pageSize: 1 });
+    await client.listRunEvents({ runId, pageSize: 1 });
+    await client.getThreadUsage({ threadId });
+  } finally {
+    await client.cancelRun({ runId });
+    await client.deleteRun({ runId });
+  }
 }

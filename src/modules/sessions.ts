@@ -54,7 +54,7 @@ export const sessionsModule: Module = {
       routes: (router) =>
         router.service(SessionService, createSessionService({ sessions, gateway, interrupts, sessionHub })),
       hubs: new Map([["sessions", sessionHub as VersionHub<unknown>]]),
-      warmUp: (transport) =>
+      warmUpRest: (transport) =>
         warmUpSessions(createClient(SessionService, transport), createClient(RunService, transport)),
     };
   },

@@ -66,22 +66,24 @@ export const tasksModule: Module = {
         taskChanged.close();
         await sweeper.stop();
       },
-      warmUp: (transport) => warmUpTasks(createClient(TaskService, transport)),
+      warmUp: (transport) => warmUpTaskUpdates(createClient(TaskService, transport)),
+      warmUpRest: (transport) => warmUpTaskReads(createClient(TaskService, transport)),
     };
   },
 };
 
-/** A task's and a conversation's life through the TaskService paths, deleting both at the end. */
-async function warmUpTasks(client: Client<typeof TaskService>): Promise<void> {
+const warmUpMessage = () => ({
+  messageId: randomUUID(),
+  role: Role.AGENT,
+  parts: [{ content: { case: "text" as const, value: "w" } }],
+});
+
+/** An A2A server's task life: save, publish, read, stream, delete. */
+async function warmUpTaskUpdates(client: Client<typeof TaskService>): Promise<void> {
   const id = `warmup-${randomUUID()}`;
-  const contextId = `warmup-${randomUUID()}`;
-  const message = {
-    messageId: randomUUID(),
-    role: Role.AGENT,
-    parts: [{ content: { case: "text" as const, value: "w" } }],
-  };
+  const message = warmUpMessage();
   try {
-    await client.saveTask({ task: { id, contextId, status: { state: TaskState.SUBMITTED } } });
+    await client.saveTask({ task: { id, contextId: id, status: { state: TaskState.SUBMITTED } } });
     await client.publishTaskUpdate({
       taskId: id,
       updates: [
@@ -93,17 +95,25 @@ async function warmUpTasks(client: Client<typeof TaskService>): Promise<void> {
       ],
     });
     await client.getTask({ id, historyLength: 1 });
-    await client.listTasks({ contextId, pageSize: 1 });
-    await client.listRecentTasks({ limit: 1 });
     // The task is terminal: the stream replays it and ends.
     for await (const _ of client.streamTaskUpdates({ taskId: id, afterSeq: 0n })) {
     }
-    await client.appendMessage({ contextId, message });
+  } finally {
+    await client.deleteTask({ id }).catch(() => {});
+  }
+}
+
+/** Lists and conversations. */
+async function warmUpTaskReads(client: Client<typeof TaskService>): Promise<void> {
+  const contextId = `warmup-${randomUUID()}`;
+  try {
+    await client.listTasks({ contextId, pageSize: 1 });
+    await client.listRecentTasks({ limit: 1 });
+    await client.appendMessage({ contextId, message: warmUpMessage() });
     await client.listMessages({ contextId, pageSize: 1 });
     await client.getConversation({ contextId });
     await client.getConversationStats({});
   } finally {
-    await client.deleteTask({ id }).catch(() => {});
     await client.deleteConversation({ contextId }).catch(() => {});
   }
 }

@@ -34,6 +34,8 @@ export async function startServer(db: TestDatabase, env: Record<string, string> 
   });
   if (config === "help") throw new Error("unexpected help");
   const app = await startApp(config, createLogger(process.env.AGENTSTORE_TEST_LOG ?? "silent"));
+  // The background warm-up's writes would otherwise mingle with a test's counts (write groups, rows).
+  await app.restWarmedUp;
   return { app, url: `http://127.0.0.1:${app.port}`, close: () => app.close() };
 }
 
