@@ -937,6 +937,48 @@ for (const backend of await backends()) {
       assert.equal(next.task.generation, before.generation + 1n);
     });
 
+    it("PublishTaskUpdate with a request_id is idempotent: a retry folds nothing in again; other updates under it are REQUEST_ID_REUSED", async () => {
+      const t = fx.alpha;
+      const task = newTask(TaskState.WORKING, { artifacts: [{ artifactId: "a", parts: [text("1")] }] });
+      const id = must(task.id);
+      const saved = await save(t, task);
+      const requestId = randomUUID();
+      const chunk = artifactUpdate({ artifactId: "a", parts: [text("2")] }, true);
+      const call = () =>
+        t.publishTaskUpdate({
+          taskId: id,
+          updates: [chunk],
+          requestId,
+          expectedGeneration: saved.generation,
+        });
+      const first = await call();
+      assert.equal(first.published, true);
+      // The retry carries the stale expected_generation of the lost first call, and still gets its answer.
+      const retried = await Promise.all([call(), call()]);
+      for (const again of retried) {
+        assert.equal(again.published, false);
+        assert.equal(again.firstSeq, first.firstSeq);
+        assert.equal(again.lastSeq, first.lastSeq);
+        assert.equal(again.task?.generation, first.task?.generation);
+      }
+      const stored = await get(t, id);
+      assert.deepEqual(
+        stored.artifacts[0]?.parts.map(partKey),
+        ["text:1", "text:2"],
+        "the chunk was appended once",
+      );
+      await rejectsWith(
+        t.publishTaskUpdate({
+          taskId: id,
+          updates: [artifactUpdate({ artifactId: "a", parts: [text("3")] }, true)],
+          requestId,
+        }),
+        Code.AlreadyExists,
+        "REQUEST_ID_REUSED",
+      );
+      assert.equal((await get(t, id)).generation, first.task?.generation);
+    });
+
     it("seqs are gapless: first_seq/last_seq, update_seq, and concurrent publishers share one sequence", async () => {
       const t = fx.alpha;
       const task = newTask(TaskState.WORKING);

@@ -166,11 +166,18 @@ export function createTaskService(deps: TaskServiceDeps): ServiceImpl<typeof Tas
 
     async publishTaskUpdate(req, ctx) {
       const updates = req.updates.map((u) => u.update as TaskUpdateCase);
-      const result = await tasks.publish(tenantOf(ctx), req.taskId, updates, req.expectedGeneration);
+      const result = await tasks.publish(
+        tenantOf(ctx),
+        req.taskId,
+        updates,
+        req.expectedGeneration,
+        req.requestId === "" ? null : req.requestId,
+      );
       return create(PublishTaskUpdateResponseSchema, {
         task: result.task,
         firstSeq: BigInt(result.firstSeq),
         lastSeq: BigInt(result.lastSeq),
+        published: result.published,
       });
     },
 

@@ -51,9 +51,20 @@ export const A2aTaskUpdateEntity = defineEntity({
     seq: p.bigint("number").primary(),
     /** The task is terminal after this entry: a stream ends with it. */
     terminal: p.boolean().default(false),
+    /** On the first entry of a PublishTaskUpdate with a request_id: the id, its updates' hash and last seq. */
+    requestId: p.text().nullable(),
+    requestHash: p.text().nullable(),
+    requestLastSeq: p.bigint("number").nullable(),
     body: p.blob(),
     createdAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
   },
+  indexes: [
+    {
+      name: "a2a_task_updates_request_unique",
+      expression:
+        "create unique index a2a_task_updates_request_unique on a2a_task_updates (tenant_id, task_id, request_id) where request_id is not null",
+    },
+  ],
 });
 
 /** The conversation of an A2A context: its messages live in a2a_conversation_messages. */

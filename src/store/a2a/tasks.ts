@@ -1,14 +1,17 @@
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Task, TaskSchema, type TaskState } from "../../../gen/agentstore/v1/a2a_task_pb.ts";
 import {
   type StreamTaskUpdatesResponse,
   StreamTaskUpdatesResponseSchema,
+  TaskUpdateSchema,
 } from "../../../gen/agentstore/v1/task_service_pb.ts";
+import { stableHash } from "../../core/hash.ts";
 import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging } from "../../core/paging.ts";
 import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
 import type { StreamRead, StreamSource } from "../../feed/stream-hub.ts";
+import { requestIdReused } from "../runs/errors.ts";
 import { A2aTaskEntity, type A2aTaskRow, A2aTaskUpdateEntity } from "./entities.ts";
 import {
   a2aTaskNotFound,
@@ -154,11 +157,26 @@ export class TaskStore {
     taskId: string,
     updates: readonly TaskUpdateCase[],
     expectedGeneration: bigint | undefined,
-  ): Promise<{ task: Task; firstSeq: number; lastSeq: number }> {
+    requestId: string | null,
+  ): Promise<{ task: Task; firstSeq: number; lastSeq: number; published: boolean }> {
+    const requestHash = requestId === null ? null : stableHash(updates.map(updateJson));
     return this.#uow.run(tenant, async (tx) => {
       const now = new Date();
       const row = (await tx.sql.first(lockTask, tenant, taskId))?.task;
       if (row === undefined || !live(row, now)) throw a2aTaskNotFound(taskId);
+      if (requestId !== null) {
+        // Under the task's row lock: a retry racing its first call finds it committed or waits.
+        const earlier = await tx.em.findOne(A2aTaskUpdateEntity, { tenantId: tenant, taskId, requestId });
+        if (earlier !== null) {
+          if (earlier.requestHash !== requestHash) throw requestIdReused(requestId);
+          return {
+            task: taskFromRow(row),
+            firstSeq: earlier.seq,
+            lastSeq: earlier.requestLastSeq ?? earlier.seq,
+            published: false,
+          };
+        }
+      }
       if (expectedGeneration !== undefined && BigInt(row.generation) !== expectedGeneration) {
         throw generationMismatch(taskId, expectedGeneration, row.generation);
       }
@@ -171,6 +189,7 @@ export class TaskStore {
         generation,
         firstSeq,
         entries,
+        request: requestId === null ? undefined : { id: requestId, hash: requestHash ?? "" },
         // Ending a task is never refused for its size: a full task must still be cancellable, and
         // it takes no more updates after that.
         sizeChecked: !isTerminal(task.status?.state ?? 0),
@@ -190,6 +209,7 @@ export class TaskStore {
         }),
         firstSeq,
         lastSeq,
+        published: true,
       };
     });
   }
@@ -203,6 +223,8 @@ export class TaskStore {
       generation: number;
       firstSeq: number;
       entries: readonly LogEntryCase[];
+      /** The call's request_id, kept on its first entry. */
+      request?: { id: string; hash: string };
       sizeChecked: boolean;
       ttlMs: number | null;
       createdAt: Date;
@@ -243,6 +265,13 @@ export class TaskStore {
           taskId: task.id,
           seq,
           terminal: endsTask(update),
+          ...(i === 0 && w.request !== undefined
+            ? {
+                requestId: w.request.id,
+                requestHash: w.request.hash,
+                requestLastSeq: w.firstSeq + w.entries.length - 1,
+              }
+            : {}),
           body: Buffer.from(
             toBinary(
               StreamTaskUpdatesResponseSchema,
@@ -396,6 +425,9 @@ export class TaskStore {
     };
   }
 }
+
+/** An update as JSON, for the request hash (key order does not matter to stableHash). */
+const updateJson = (update: TaskUpdateCase) => toJson(TaskUpdateSchema, create(TaskUpdateSchema, { update }));
 
 /** The entry leaves the task terminal: streams end after it. */
 function endsTask(entry: LogEntryCase): boolean {

@@ -1,7 +1,7 @@
 import { Migration } from "@mikro-orm/migrations";
 
-export class Migration20261206234017_a2a_tasks extends Migration {
-  override name = "Migration20261206234017_a2a_tasks";
+export class Migration20261207003610_a2a_tasks extends Migration {
+  override name = "Migration20261207003610_a2a_tasks";
 
   override up(): void | Promise<void> {
     this.addSql(
@@ -28,7 +28,10 @@ export class Migration20261206234017_a2a_tasks extends Migration {
     this.addSql(`create index a2a_tasks_expiry_idx on a2a_tasks (expires_at) where expires_at is not null;`);
 
     this.addSql(
-      `create table "a2a_task_updates" ("tenant_id" text not null, "task_id" text not null, "seq" bigint not null, "terminal" boolean not null default false, "body" bytea not null, "created_at" timestamptz(3) not null default current_timestamp(3), primary key ("tenant_id", "task_id", "seq"));`,
+      `create table "a2a_task_updates" ("tenant_id" text not null, "task_id" text not null, "seq" bigint not null, "terminal" boolean not null default false, "request_id" text null, "request_hash" text null, "request_last_seq" bigint null, "body" bytea not null, "created_at" timestamptz(3) not null default current_timestamp(3), primary key ("tenant_id", "task_id", "seq"));`,
+    );
+    this.addSql(
+      `create unique index a2a_task_updates_request_unique on a2a_task_updates (tenant_id, task_id, request_id) where request_id is not null;`,
     );
   }
 
