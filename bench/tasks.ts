@@ -38,7 +38,7 @@
  * Prints Markdown and writes it to bench/results/tasks.md (see --out).
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, loadavg, totalmem } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -58,6 +58,7 @@ import {
   TaskState,
   type TaskUpdateSchema,
 } from "../src/client/index.ts";
+import { type CpuShare, cpuCells, cpuWindow } from "./cpu.ts";
 import {
   type BenchBackend,
   type BenchServer,
@@ -157,58 +158,6 @@ const sh = (cmd: string, argv: string[]): string => {
 const int = (n: number) => Math.round(n).toLocaleString("en-US");
 const ms = (n: number) => n.toFixed(2);
 const kib = (bytes: number) => `${(bytes / 1024).toFixed(1)} KiB`;
-
-/** CPU seconds (user + system) a process has used so far, from /proc; NaN where there is none. */
-function cpuSeconds(pid: number | undefined): number {
-  if (pid === undefined) return Number.NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // utime and stime are fields 14 and 15 of the line; after "pid (comm) " they are 12 and 13.
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return Number.NaN;
-  }
-}
-
-/** CPU seconds the whole machine has been busy (every core, not idle or waiting for I/O), from /proc/stat. */
-function machineBusySeconds(): number {
-  try {
-    const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
-    const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
-    const total = ticks.reduce((a, b) => a + b, 0);
-    return (total - (ticks[3] ?? 0) - (ticks[4] ?? 0)) / 100;
-  } catch {
-    return Number.NaN;
-  }
-}
-
-/** Cores busy over a window (1 = one core all the time): the server, this process, the rest. */
-interface CpuShare {
-  serverCpu: number;
-  benchCpu: number;
-  /** Everything else on the machine: PostgreSQL's processes, and any other work running meanwhile. */
-  restCpu: number;
-}
-
-/** Starts a CPU window; the function it returns ends it. */
-function cpuWindow(server: BenchServer): () => CpuShare & { seconds: number } {
-  const serverBefore = cpuSeconds(server.child.pid);
-  const benchBefore = process.cpuUsage();
-  const machineBefore = machineBusySeconds();
-  const started = performance.now();
-  return () => {
-    const seconds = (performance.now() - started) / 1000;
-    const bench = process.cpuUsage(benchBefore);
-    const serverCpu = (cpuSeconds(server.child.pid) - serverBefore) / seconds;
-    const benchCpu = (bench.user + bench.system) / 1e6 / seconds;
-    const machine = (machineBusySeconds() - machineBefore) / seconds;
-    return { seconds, serverCpu, benchCpu, restCpu: Math.max(0, machine - serverCpu - benchCpu) };
-  };
-}
-
-const cpuCells = (c: CpuShare) =>
-  `${int(c.serverCpu * 100)}% | ${int(c.benchCpu * 100)}% | ${int(c.restCpu * 100)}%`;
 
 /** What a measured phase did: how many things (tasks, saves, updates, reads), calls, how long, CPU. */
 interface Timed extends CpuShare {
