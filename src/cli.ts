@@ -2,7 +2,9 @@ import { allEntities, startApp } from "./app.ts";
 import { ConfigError, describeConfig, loadConfig, usage } from "./config/index.ts";
 import { StartupError } from "./core/errors.ts";
 import { createLogger } from "./core/logger.ts";
+import { SecretBox } from "./core/secrets.ts";
 import { migrate, openDatabase } from "./db/database.ts";
+import { reencryptPushConfigs } from "./store/a2a/push-configs.ts";
 
 let config: ReturnType<typeof loadConfig>;
 try {
@@ -43,6 +45,31 @@ if (config.command === "migrate") {
         { migrations: applied },
         applied.length > 0 ? "applied migrations" : "database is up to date",
       );
+    } finally {
+      await db.close();
+    }
+  } catch (err) {
+    fail(err);
+  }
+} else if (config.command === "reencrypt-push-configs") {
+  const box = new SecretBox(config.tasks.pushConfigKeys);
+  if (config.tasks.pushConfigKeys.length === 0) {
+    process.stderr.write("agentstore: set AGENTSTORE_PUSH_CONFIG_KEYS (the newest key last) to re-encrypt\n");
+    process.exit(2);
+  }
+  try {
+    const db = await openDatabase(config.database.target, { entities: allEntities() });
+    try {
+      const { reencrypted, failed } = await reencryptPushConfigs(db, box);
+      logger.info({ reencrypted, failed, keyId: box.currentKeyId }, "re-encrypted push configs");
+      process.stdout.write(
+        `re-encrypted ${reencrypted} push configs under key '${box.currentKeyId}'` +
+          (failed > 0
+            ? `; ${failed} could not be decrypted with the configured keys and were left as they are`
+            : "") +
+          "\n",
+      );
+      if (failed > 0) process.exitCode = 1;
     } finally {
       await db.close();
     }

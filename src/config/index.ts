@@ -18,7 +18,7 @@ export type { TasksConfig } from "./tasks.ts";
  * the process with a message that names the variable, the flag and what was expected.
  */
 export interface Config {
-  command: "serve" | "migrate";
+  command: "serve" | "migrate" | "reencrypt-push-configs";
   server: ServerConfig;
   database: DatabaseConfig;
   runs: RunsConfig;
@@ -48,10 +48,11 @@ export class ConfigError extends Error {
 
 export function usage(): string {
   const lines = [
-    "usage: agentstore [serve|migrate] [flags]",
+    "usage: agentstore [serve|migrate|reencrypt-push-configs] [flags]",
     "",
-    "  serve    run the gRPC service (default)",
-    "  migrate  apply pending database migrations and exit",
+    "  serve                   run the gRPC service (default)",
+    "  migrate                 apply pending database migrations and exit",
+    "  reencrypt-push-configs  re-encrypt push-config secrets under the newest key and exit",
     "",
     "flags (each also read from the environment variable shown):",
   ];
@@ -79,7 +80,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): Config | "he
   }
   if (parsed.values.help) return "help";
   const [command = "serve", ...extra] = parsed.positionals;
-  if ((command !== "serve" && command !== "migrate") || extra.length > 0) {
+  if (
+    (command !== "serve" && command !== "migrate" && command !== "reencrypt-push-configs") ||
+    extra.length > 0
+  ) {
     throw new ConfigError(`unknown command '${parsed.positionals.join(" ")}'\n\n${usage()}`);
   }
 
@@ -96,7 +100,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): Config | "he
     database: databaseConfig(database, problems),
     runs: runsConfig(runs),
     queue: queueConfig(queue),
-    tasks: tasksConfig(tasks),
+    tasks: tasksConfig(tasks, problems),
   };
   if (problems.length > 0) {
     throw new ConfigError(`invalid configuration:\n  - ${problems.join("\n  - ")}`);
@@ -120,6 +124,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     maxMessageBytes: server.maxMessageBytes,
     runs: { limits: config.runs.limits, stream: config.runs.stream },
     queue: config.queue,
-    tasks: config.tasks,
+    // Key ids only: never the keys.
+    tasks: { ...config.tasks, pushConfigKeys: config.tasks.pushConfigKeys.map((k) => k.id) },
   };
 }

@@ -1,4 +1,5 @@
-import { type GroupValues, nonNegativeInt, positiveInt, setting } from "./settings.ts";
+import { parseSecretKeys, type SecretKey } from "../core/secrets.ts";
+import { bool, type GroupValues, nonNegativeInt, optionalText, positiveInt, setting } from "./settings.ts";
 
 /** TaskService: A2A tasks in cache mode, and conversations. */
 export const tasksSettings = {
@@ -37,6 +38,20 @@ export const tasksSettings = {
     schema: nonNegativeInt,
     fallback: "0",
   }),
+  pushConfigKeys: setting({
+    env: "AGENTSTORE_PUSH_CONFIG_KEYS",
+    flag: "push-config-keys",
+    help: "comma-separated keyId:base64-32-byte keys that encrypt push-config tokens and credentials; the last encrypts, all decrypt",
+    schema: optionalText,
+    secret: true,
+  }),
+  pushAllowPrivateUrls: setting({
+    env: "AGENTSTORE_PUSH_ALLOW_PRIVATE_URLS",
+    flag: "push-allow-private-urls",
+    help: "accept push URLs on loopback, private and link-local addresses (tests, development only)",
+    schema: bool,
+    fallback: "false",
+  }),
 };
 
 export interface TasksConfig {
@@ -48,16 +63,25 @@ export interface TasksConfig {
   conversationMaxMessages: number | null;
   /** null: conversations never expire. */
   conversationTtlMs: number | null;
+  /** Push-config secret keys, oldest first (the last encrypts); empty: stored plain. */
+  pushConfigKeys: SecretKey[];
+  pushAllowPrivateUrls: boolean;
 }
 
 const zeroIsNone = (n: number) => (n === 0 ? null : n);
 
-export function tasksConfig(values: GroupValues<typeof tasksSettings>): TasksConfig {
+export function tasksConfig(values: GroupValues<typeof tasksSettings>, problems: string[]): TasksConfig {
   return {
     defaultTtlMs: zeroIsNone(values.taskTtlMs),
     sweepMs: values.taskSweepMs,
     maxTaskBytes: values.maxTaskBytes,
     conversationMaxMessages: zeroIsNone(values.conversationMaxMessages),
     conversationTtlMs: zeroIsNone(values.conversationTtlMs),
+    pushConfigKeys: parseSecretKeys(
+      values.pushConfigKeys,
+      problems,
+      "AGENTSTORE_PUSH_CONFIG_KEYS / --push-config-keys",
+    ),
+    pushAllowPrivateUrls: values.pushAllowPrivateUrls,
   };
 }

@@ -3,12 +3,14 @@ import { type Client, createClient } from "@connectrpc/connect";
 import { Role, TaskState } from "../../gen/agentstore/v1/a2a_task_pb.ts";
 import { TaskService } from "../../gen/agentstore/v1/task_service_pb.ts";
 import { Periodic } from "../core/periodic.ts";
+import { SecretBox } from "../core/secrets.ts";
 import { LogHub } from "../feed/stream-hub.ts";
 import { WakeSignal } from "../feed/wake-signal.ts";
 import { createTaskService } from "../services/task-service.ts";
 import { ConversationStore } from "../store/a2a/conversations.ts";
 import { a2aEntities } from "../store/a2a/entities.ts";
 import { TASK_UPDATES_CHANNEL } from "../store/a2a/model.ts";
+import { PushConfigStore } from "../store/a2a/push-configs.ts";
 import { type TaskLogItem, TaskStore } from "../store/a2a/tasks.ts";
 import type { Module } from "./module.ts";
 
@@ -33,6 +35,9 @@ export const tasksModule: Module = {
     const conversations = new ConversationStore(db, uow, paging, {
       maxMessages: settings.conversationMaxMessages,
       ttlMs: settings.conversationTtlMs,
+    });
+    const pushConfigs = new PushConfigStore(db, uow, paging, new SecretBox(settings.pushConfigKeys), {
+      allowPrivateUrls: settings.pushAllowPrivateUrls,
     });
     const pollMs = config.runs.stream.pollIntervalMs;
     const updateHub = new LogHub<TaskLogItem>(
@@ -59,7 +64,10 @@ export const tasksModule: Module = {
     return {
       services: [TaskService],
       routes: (router) =>
-        router.service(TaskService, createTaskService({ tasks, conversations, updateHub, taskChanged })),
+        router.service(
+          TaskService,
+          createTaskService({ tasks, conversations, pushConfigs, updateHub, taskChanged }),
+        ),
       hubs: new Map([["a2a-task-updates", updateHub as LogHub<unknown>]]),
       gauges: () => ({ "tasks.waiting": taskChanged.waiting() }),
       async close() {
@@ -103,10 +111,23 @@ async function warmUpTaskUpdates(client: Client<typeof TaskService>): Promise<vo
   }
 }
 
-/** Lists and conversations. */
+/** Lists, conversations and push configs. */
 async function warmUpTaskReads(client: Client<typeof TaskService>): Promise<void> {
   const contextId = `warmup-${randomUUID()}`;
   try {
+    await client.saveTask({ task: { id: contextId, contextId, status: { state: TaskState.SUBMITTED } } });
+    // A documentation address (TEST-NET-1): public to the URL check, no lookup, never contacted.
+    const { config } = await client.createPushConfig({
+      config: {
+        taskId: contextId,
+        url: "https://192.0.2.1/warmup",
+        token: "w",
+        authentication: { scheme: "Bearer", credentials: "w" },
+      },
+    });
+    await client.getPushConfig({ taskId: contextId, id: config?.id ?? "" });
+    await client.listPushConfigs({ taskId: contextId, pageSize: 1 });
+    await client.deletePushConfig({ taskId: contextId, id: config?.id ?? "" });
     await client.listTasks({ contextId, pageSize: 1 });
     await client.listRecentTasks({ limit: 1 });
     await client.appendMessage({ contextId, message: warmUpMessage() });
@@ -115,5 +136,6 @@ async function warmUpTaskReads(client: Client<typeof TaskService>): Promise<void
     await client.getConversationStats({});
   } finally {
     await client.deleteConversation({ contextId }).catch(() => {});
+    await client.deleteTask({ id: contextId }).catch(() => {});
   }
 }

@@ -4,12 +4,16 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { ConversationStatsSchema, type Task, TaskState } from "../../gen/agentstore/v1/a2a_task_pb.ts";
 import {
   AppendMessageResponseSchema,
+  CreatePushConfigResponseSchema,
   DeleteConversationResponseSchema,
+  DeletePushConfigResponseSchema,
   DeleteTaskResponseSchema,
   GetConversationResponseSchema,
   GetConversationStatsResponseSchema,
+  GetPushConfigResponseSchema,
   GetTaskResponseSchema,
   ListMessagesResponseSchema,
+  ListPushConfigsResponseSchema,
   ListRecentTasksResponseSchema,
   ListTasksResponseSchema,
   PublishTaskUpdateResponseSchema,
@@ -25,12 +29,14 @@ import type { WakeSignal } from "../feed/wake-signal.ts";
 import { tenantOf } from "../server/auth.ts";
 import type { ConversationStore } from "../store/a2a/conversations.ts";
 import { a2aTaskNotFound, isTerminal, type TaskUpdateCase, withHistory } from "../store/a2a/model.ts";
+import type { PushConfigStore } from "../store/a2a/push-configs.ts";
 import type { TaskLogItem, TaskStore } from "../store/a2a/tasks.ts";
 import { msFromDuration } from "./runner-convert.ts";
 
 export interface TaskServiceDeps {
   tasks: TaskStore;
   conversations: ConversationStore;
+  pushConfigs: PushConfigStore;
   updateHub: LogHub<TaskLogItem>;
   /** Wakes GetTask long polls when their task changes. */
   taskChanged: WakeSignal;
@@ -98,7 +104,7 @@ function watchExpiry(tasks: TaskStore, tenant: string, task: Task, callSignal: A
 }
 
 export function createTaskService(deps: TaskServiceDeps): ServiceImpl<typeof TaskService> {
-  const { tasks, conversations, updateHub, taskChanged } = deps;
+  const { tasks, conversations, pushConfigs, updateHub, taskChanged } = deps;
   return {
     async saveTask(req, ctx) {
       const task = req.task as Task;
@@ -271,6 +277,35 @@ export function createTaskService(deps: TaskServiceDeps): ServiceImpl<typeof Tas
           generateTime: timestampFromDate(new Date()),
         }),
       });
+    },
+
+    async createPushConfig(req, ctx) {
+      // Validation requires the config; the check keeps the type narrow.
+      if (req.config === undefined)
+        throw new DomainError("INVALID_ARGUMENT", "INVALID_ARGUMENT", "config is required");
+      const config = await pushConfigs.create(tenantOf(ctx), req.config);
+      return create(CreatePushConfigResponseSchema, { config });
+    },
+
+    async getPushConfig(req, ctx) {
+      const config = await pushConfigs.get(tenantOf(ctx), req.taskId, req.id);
+      return create(GetPushConfigResponseSchema, { config });
+    },
+
+    async listPushConfigs(req, ctx) {
+      const page = await pushConfigs.list(tenantOf(ctx), req.taskId, {
+        pageSize: req.pageSize,
+        pageToken: req.pageToken,
+      });
+      return create(ListPushConfigsResponseSchema, {
+        configs: page.items,
+        nextPageToken: page.nextPageToken,
+      });
+    },
+
+    async deletePushConfig(req, ctx) {
+      await pushConfigs.delete(tenantOf(ctx), req.taskId, req.id);
+      return create(DeletePushConfigResponseSchema);
     },
   };
 }

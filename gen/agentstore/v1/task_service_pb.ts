@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Conversation, ConversationStats, Message as Message$1, Task, TaskArtifactUpdateEvent, TaskState, TaskStatusUpdateEvent } from "./a2a_task_pb.ts";
+import type { Conversation, ConversationStats, Message as Message$1, Task, TaskArtifactUpdateEvent, TaskPushNotificationConfig, TaskState, TaskStatusUpdateEvent } from "./a2a_task_pb.ts";
 import { file_agentstore_v1_a2a_task } from "./a2a_task_pb.ts";
 import { file_buf_validate_validate } from "../../buf/validate/validate_pb.ts";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentstore/v1/task_service.proto.
  */
 export const file_agentstore_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBhZ2VudHN0b3JlL3YxL3Rhc2tfc2VydmljZS5wcm90bxINYWdlbnRzdG9yZS52MSK4AQoPU2F2ZVRhc2tSZXF1ZXN0EikKBHRhc2sYASABKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2tCBrpIA8gBARIpChNleHBlY3RlZF9nZW5lcmF0aW9uGAIgASgDQge6SAQiAigASACIAQESNwoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg+6SAyqAQkiBQiA54QPMgBCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24iRgoQU2F2ZVRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRzdG9yZS52MS5UYXNrEg8KB2NyZWF0ZWQYAiABKAgi+AEKDkdldFRhc2tSZXF1ZXN0EhYKAmlkGAIgASgJQgq6SAdyBRABGIACEiQKDmhpc3RvcnlfbGVuZ3RoGAMgASgFQge6SAQaAigASACIAQESLwoZd2FpdF9mb3JfZ2VuZXJhdGlvbl9hZnRlchgEIAEoA0IHukgEIgIoAEgBiAEBEjgKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDLpICaoBBiICCDwyAEIRCg9faGlzdG9yeV9sZW5ndGhCHAoaX3dhaXRfZm9yX2dlbmVyYXRpb25fYWZ0ZXJKBAgBEAJSBnRlbmFudCI0Cg9HZXRUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50c3RvcmUudjEuVGFzayIrChFEZWxldGVUYXNrUmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAAiIUChJEZWxldGVUYXNrUmVzcG9uc2UivAIKEExpc3RUYXNrc1JlcXVlc3QSHAoKY29udGV4dF9pZBgCIAEoCUIIukgFcgMYgAISMgoGc3RhdHVzGAMgASgOMhguYWdlbnRzdG9yZS52MS5UYXNrU3RhdGVCCLpIBYIBAhABEhoKCXBhZ2Vfc2l6ZRgEIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAUgASgJQgi6SAVyAxiACBIkCg5oaXN0b3J5X2xlbmd0aBgGIAEoBUIHukgEGgIoAEgAiAEBEjoKFnN0YXR1c190aW1lc3RhbXBfYWZ0ZXIYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEWluY2x1ZGVfYXJ0aWZhY3RzGAggASgIQhEKD19oaXN0b3J5X2xlbmd0aEoECAEQAlIGdGVuYW50IncKEUxpc3RUYXNrc1Jlc3BvbnNlEiIKBXRhc2tzGAEgAygLMhMuYWdlbnRzdG9yZS52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKdG90YWxfc2l6ZRgEIAEoBSIyChZMaXN0UmVjZW50VGFza3NSZXF1ZXN0EhgKBWxpbWl0GAEgASgFQgm6SAYaBBhkKAAiPQoXTGlzdFJlY2VudFRhc2tzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2siygEKClRhc2tVcGRhdGUSPQoNc3RhdHVzX3VwZGF0ZRgBIAEoCzIkLmFnZW50c3RvcmUudjEuVGFza1N0YXR1c1VwZGF0ZUV2ZW50SAASQQoPYXJ0aWZhY3RfdXBkYXRlGAIgASgLMiYuYWdlbnRzdG9yZS52MS5UYXNrQXJ0aWZhY3RVcGRhdGVFdmVudEgAEikKB21lc3NhZ2UYAyABKAsyFi5hZ2VudHN0b3JlLnYxLk1lc3NhZ2VIAEIPCgZ1cGRhdGUSBbpIAggBItABChhQdWJsaXNoVGFza1VwZGF0ZVJlcXVlc3QSGwoHdGFza19pZBgBIAEoCUIKukgHcgUQARiAAhI2Cgd1cGRhdGVzGAIgAygLMhkuYWdlbnRzdG9yZS52MS5UYXNrVXBkYXRlQgq6SAeSAQQIARBkEikKE2V4cGVjdGVkX2dlbmVyYXRpb24YAyABKANCB7pIBCICKABIAIgBARIcCgpyZXF1ZXN0X2lkGAQgASgJQgi6SAVyAxiAAUIWChRfZXhwZWN0ZWRfZ2VuZXJhdGlvbiJ2ChlQdWJsaXNoVGFza1VwZGF0ZVJlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2sSEQoJZmlyc3Rfc2VxGAIgASgDEhAKCGxhc3Rfc2VxGAMgASgDEhEKCXB1Ymxpc2hlZBgEIAEoCCKfAQoYU3RyZWFtVGFza1VwZGF0ZXNSZXF1ZXN0EhsKB3Rhc2tfaWQYASABKAlCCrpIB3IFEAEYgAISHwoJYWZ0ZXJfc2VxGAIgASgDQge6SAQiAigASACIAQESJAoOaGlzdG9yeV9sZW5ndGgYAyABKAVCB7pIBBoCKABIAYgBAUIMCgpfYWZ0ZXJfc2VxQhEKD19oaXN0b3J5X2xlbmd0aCKYAgoZU3RyZWFtVGFza1VwZGF0ZXNSZXNwb25zZRILCgNzZXEYASABKAMSEgoKZ2VuZXJhdGlvbhgCIAEoAxIjCgR0YXNrGAMgASgLMhMuYWdlbnRzdG9yZS52MS5UYXNrSAASPQoNc3RhdHVzX3VwZGF0ZRgEIAEoCzIkLmFnZW50c3RvcmUudjEuVGFza1N0YXR1c1VwZGF0ZUV2ZW50SAASQQoPYXJ0aWZhY3RfdXBkYXRlGAUgASgLMiYuYWdlbnRzdG9yZS52MS5UYXNrQXJ0aWZhY3RVcGRhdGVFdmVudEgAEikKB21lc3NhZ2UYBiABKAsyFi5hZ2VudHN0b3JlLnYxLk1lc3NhZ2VIAEIICgZ1cGRhdGUiZwoUQXBwZW5kTWVzc2FnZVJlcXVlc3QSHgoKY29udGV4dF9pZBgBIAEoCUIKukgHcgUQARiAAhIvCgdtZXNzYWdlGAIgASgLMhYuYWdlbnRzdG9yZS52MS5NZXNzYWdlQga6SAPIAQEiPwoVQXBwZW5kTWVzc2FnZVJlc3BvbnNlEg8KB2NyZWF0ZWQYASABKAgSFQoNbWVzc2FnZV9jb3VudBgCIAEoAyJvChNMaXN0TWVzc2FnZXNSZXF1ZXN0Eh4KCmNvbnRleHRfaWQYASABKAlCCrpIB3IFEAEYgAISGgoJcGFnZV9zaXplGAIgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAIIlkKFExpc3RNZXNzYWdlc1Jlc3BvbnNlEigKCG1lc3NhZ2VzGAEgAygLMhYuYWdlbnRzdG9yZS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0Eh4KCmNvbnRleHRfaWQYASABKAlCCrpIB3IFEAEYgAIiTAoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMQoMY29udmVyc2F0aW9uGAEgASgLMhsuYWdlbnRzdG9yZS52MS5Db252ZXJzYXRpb24iOwoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIeCgpjb250ZXh0X2lkGAEgASgJQgq6SAdyBRABGIACIhwKGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIh0KG0dldENvbnZlcnNhdGlvblN0YXRzUmVxdWVzdCJPChxHZXRDb252ZXJzYXRpb25TdGF0c1Jlc3BvbnNlEi8KBXN0YXRzGAEgASgLMiAuYWdlbnRzdG9yZS52MS5Db252ZXJzYXRpb25TdGF0czLuCAoLVGFza1NlcnZpY2USSwoIU2F2ZVRhc2sSHi5hZ2VudHN0b3JlLnYxLlNhdmVUYXNrUmVxdWVzdBofLmFnZW50c3RvcmUudjEuU2F2ZVRhc2tSZXNwb25zZRJICgdHZXRUYXNrEh0uYWdlbnRzdG9yZS52MS5HZXRUYXNrUmVxdWVzdBoeLmFnZW50c3RvcmUudjEuR2V0VGFza1Jlc3BvbnNlElEKCkRlbGV0ZVRhc2sSIC5hZ2VudHN0b3JlLnYxLkRlbGV0ZVRhc2tSZXF1ZXN0GiEuYWdlbnRzdG9yZS52MS5EZWxldGVUYXNrUmVzcG9uc2USTgoJTGlzdFRhc2tzEh8uYWdlbnRzdG9yZS52MS5MaXN0VGFza3NSZXF1ZXN0GiAuYWdlbnRzdG9yZS52MS5MaXN0VGFza3NSZXNwb25zZRJgCg9MaXN0UmVjZW50VGFza3MSJS5hZ2VudHN0b3JlLnYxLkxpc3RSZWNlbnRUYXNrc1JlcXVlc3QaJi5hZ2VudHN0b3JlLnYxLkxpc3RSZWNlbnRUYXNrc1Jlc3BvbnNlEmYKEVB1Ymxpc2hUYXNrVXBkYXRlEicuYWdlbnRzdG9yZS52MS5QdWJsaXNoVGFza1VwZGF0ZVJlcXVlc3QaKC5hZ2VudHN0b3JlLnYxLlB1Ymxpc2hUYXNrVXBkYXRlUmVzcG9uc2USaAoRU3RyZWFtVGFza1VwZGF0ZXMSJy5hZ2VudHN0b3JlLnYxLlN0cmVhbVRhc2tVcGRhdGVzUmVxdWVzdBooLmFnZW50c3RvcmUudjEuU3RyZWFtVGFza1VwZGF0ZXNSZXNwb25zZTABEloKDUFwcGVuZE1lc3NhZ2USIy5hZ2VudHN0b3JlLnYxLkFwcGVuZE1lc3NhZ2VSZXF1ZXN0GiQuYWdlbnRzdG9yZS52MS5BcHBlbmRNZXNzYWdlUmVzcG9uc2USVwoMTGlzdE1lc3NhZ2VzEiIuYWdlbnRzdG9yZS52MS5MaXN0TWVzc2FnZXNSZXF1ZXN0GiMuYWdlbnRzdG9yZS52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJgCg9HZXRDb252ZXJzYXRpb24SJS5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJi5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEmkKEkRlbGV0ZUNvbnZlcnNhdGlvbhIoLmFnZW50c3RvcmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBopLmFnZW50c3RvcmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USbwoUR2V0Q29udmVyc2F0aW9uU3RhdHMSKi5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblN0YXRzUmVxdWVzdBorLmFnZW50c3RvcmUudjEuR2V0Q29udmVyc2F0aW9uU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_agentstore_v1_a2a_task, file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiBhZ2VudHN0b3JlL3YxL3Rhc2tfc2VydmljZS5wcm90bxINYWdlbnRzdG9yZS52MSK4AQoPU2F2ZVRhc2tSZXF1ZXN0EikKBHRhc2sYASABKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2tCBrpIA8gBARIpChNleHBlY3RlZF9nZW5lcmF0aW9uGAIgASgDQge6SAQiAigASACIAQESNwoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg+6SAyqAQkiBQiA54QPMgBCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24iRgoQU2F2ZVRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRzdG9yZS52MS5UYXNrEg8KB2NyZWF0ZWQYAiABKAgi+AEKDkdldFRhc2tSZXF1ZXN0EhYKAmlkGAIgASgJQgq6SAdyBRABGIACEiQKDmhpc3RvcnlfbGVuZ3RoGAMgASgFQge6SAQaAigASACIAQESLwoZd2FpdF9mb3JfZ2VuZXJhdGlvbl9hZnRlchgEIAEoA0IHukgEIgIoAEgBiAEBEjgKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDLpICaoBBiICCDwyAEIRCg9faGlzdG9yeV9sZW5ndGhCHAoaX3dhaXRfZm9yX2dlbmVyYXRpb25fYWZ0ZXJKBAgBEAJSBnRlbmFudCI0Cg9HZXRUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50c3RvcmUudjEuVGFzayIrChFEZWxldGVUYXNrUmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAAiIUChJEZWxldGVUYXNrUmVzcG9uc2UivAIKEExpc3RUYXNrc1JlcXVlc3QSHAoKY29udGV4dF9pZBgCIAEoCUIIukgFcgMYgAISMgoGc3RhdHVzGAMgASgOMhguYWdlbnRzdG9yZS52MS5UYXNrU3RhdGVCCLpIBYIBAhABEhoKCXBhZ2Vfc2l6ZRgEIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAUgASgJQgi6SAVyAxiACBIkCg5oaXN0b3J5X2xlbmd0aBgGIAEoBUIHukgEGgIoAEgAiAEBEjoKFnN0YXR1c190aW1lc3RhbXBfYWZ0ZXIYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEWluY2x1ZGVfYXJ0aWZhY3RzGAggASgIQhEKD19oaXN0b3J5X2xlbmd0aEoECAEQAlIGdGVuYW50IncKEUxpc3RUYXNrc1Jlc3BvbnNlEiIKBXRhc2tzGAEgAygLMhMuYWdlbnRzdG9yZS52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKdG90YWxfc2l6ZRgEIAEoBSIyChZMaXN0UmVjZW50VGFza3NSZXF1ZXN0EhgKBWxpbWl0GAEgASgFQgm6SAYaBBhkKAAiPQoXTGlzdFJlY2VudFRhc2tzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2siygEKClRhc2tVcGRhdGUSPQoNc3RhdHVzX3VwZGF0ZRgBIAEoCzIkLmFnZW50c3RvcmUudjEuVGFza1N0YXR1c1VwZGF0ZUV2ZW50SAASQQoPYXJ0aWZhY3RfdXBkYXRlGAIgASgLMiYuYWdlbnRzdG9yZS52MS5UYXNrQXJ0aWZhY3RVcGRhdGVFdmVudEgAEikKB21lc3NhZ2UYAyABKAsyFi5hZ2VudHN0b3JlLnYxLk1lc3NhZ2VIAEIPCgZ1cGRhdGUSBbpIAggBItABChhQdWJsaXNoVGFza1VwZGF0ZVJlcXVlc3QSGwoHdGFza19pZBgBIAEoCUIKukgHcgUQARiAAhI2Cgd1cGRhdGVzGAIgAygLMhkuYWdlbnRzdG9yZS52MS5UYXNrVXBkYXRlQgq6SAeSAQQIARBkEikKE2V4cGVjdGVkX2dlbmVyYXRpb24YAyABKANCB7pIBCICKABIAIgBARIcCgpyZXF1ZXN0X2lkGAQgASgJQgi6SAVyAxiAAUIWChRfZXhwZWN0ZWRfZ2VuZXJhdGlvbiJ2ChlQdWJsaXNoVGFza1VwZGF0ZVJlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2sSEQoJZmlyc3Rfc2VxGAIgASgDEhAKCGxhc3Rfc2VxGAMgASgDEhEKCXB1Ymxpc2hlZBgEIAEoCCKfAQoYU3RyZWFtVGFza1VwZGF0ZXNSZXF1ZXN0EhsKB3Rhc2tfaWQYASABKAlCCrpIB3IFEAEYgAISHwoJYWZ0ZXJfc2VxGAIgASgDQge6SAQiAigASACIAQESJAoOaGlzdG9yeV9sZW5ndGgYAyABKAVCB7pIBBoCKABIAYgBAUIMCgpfYWZ0ZXJfc2VxQhEKD19oaXN0b3J5X2xlbmd0aCKYAgoZU3RyZWFtVGFza1VwZGF0ZXNSZXNwb25zZRILCgNzZXEYASABKAMSEgoKZ2VuZXJhdGlvbhgCIAEoAxIjCgR0YXNrGAMgASgLMhMuYWdlbnRzdG9yZS52MS5UYXNrSAASPQoNc3RhdHVzX3VwZGF0ZRgEIAEoCzIkLmFnZW50c3RvcmUudjEuVGFza1N0YXR1c1VwZGF0ZUV2ZW50SAASQQoPYXJ0aWZhY3RfdXBkYXRlGAUgASgLMiYuYWdlbnRzdG9yZS52MS5UYXNrQXJ0aWZhY3RVcGRhdGVFdmVudEgAEikKB21lc3NhZ2UYBiABKAsyFi5hZ2VudHN0b3JlLnYxLk1lc3NhZ2VIAEIICgZ1cGRhdGUiZwoUQXBwZW5kTWVzc2FnZVJlcXVlc3QSHgoKY29udGV4dF9pZBgBIAEoCUIKukgHcgUQARiAAhIvCgdtZXNzYWdlGAIgASgLMhYuYWdlbnRzdG9yZS52MS5NZXNzYWdlQga6SAPIAQEiPwoVQXBwZW5kTWVzc2FnZVJlc3BvbnNlEg8KB2NyZWF0ZWQYASABKAgSFQoNbWVzc2FnZV9jb3VudBgCIAEoAyJvChNMaXN0TWVzc2FnZXNSZXF1ZXN0Eh4KCmNvbnRleHRfaWQYASABKAlCCrpIB3IFEAEYgAISGgoJcGFnZV9zaXplGAIgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAIIlkKFExpc3RNZXNzYWdlc1Jlc3BvbnNlEigKCG1lc3NhZ2VzGAEgAygLMhYuYWdlbnRzdG9yZS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0Eh4KCmNvbnRleHRfaWQYASABKAlCCrpIB3IFEAEYgAIiTAoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMQoMY29udmVyc2F0aW9uGAEgASgLMhsuYWdlbnRzdG9yZS52MS5Db252ZXJzYXRpb24iOwoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIeCgpjb250ZXh0X2lkGAEgASgJQgq6SAdyBRABGIACIhwKGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIh0KG0dldENvbnZlcnNhdGlvblN0YXRzUmVxdWVzdCJPChxHZXRDb252ZXJzYXRpb25TdGF0c1Jlc3BvbnNlEi8KBXN0YXRzGAEgASgLMiAuYWdlbnRzdG9yZS52MS5Db252ZXJzYXRpb25TdGF0cyJcChdDcmVhdGVQdXNoQ29uZmlnUmVxdWVzdBJBCgZjb25maWcYASABKAsyKS5hZ2VudHN0b3JlLnYxLlRhc2tQdXNoTm90aWZpY2F0aW9uQ29uZmlnQga6SAPIAQEiVQoYQ3JlYXRlUHVzaENvbmZpZ1Jlc3BvbnNlEjkKBmNvbmZpZxgBIAEoCzIpLmFnZW50c3RvcmUudjEuVGFza1B1c2hOb3RpZmljYXRpb25Db25maWciWQoUR2V0UHVzaENvbmZpZ1JlcXVlc3QSGwoHdGFza19pZBgCIAEoCUIKukgHcgUQARiAAhIWCgJpZBgDIAEoCUIKukgHcgUQARiAAkoECAEQAlIGdGVuYW50IlIKFUdldFB1c2hDb25maWdSZXNwb25zZRI5CgZjb25maWcYASABKAsyKS5hZ2VudHN0b3JlLnYxLlRhc2tQdXNoTm90aWZpY2F0aW9uQ29uZmlnIn0KFkxpc3RQdXNoQ29uZmlnc1JlcXVlc3QSGwoHdGFza19pZBgBIAEoCUIKukgHcgUQARiAAhIaCglwYWdlX3NpemUYAiABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAhKBAgEEAVSBnRlbmFudCJuChdMaXN0UHVzaENvbmZpZ3NSZXNwb25zZRI6Cgdjb25maWdzGAEgAygLMikuYWdlbnRzdG9yZS52MS5UYXNrUHVzaE5vdGlmaWNhdGlvbkNvbmZpZxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXAoXRGVsZXRlUHVzaENvbmZpZ1JlcXVlc3QSGwoHdGFza19pZBgCIAEoCUIKukgHcgUQARiAAhIWCgJpZBgDIAEoCUIKukgHcgUQARiAAkoECAEQAlIGdGVuYW50IhoKGERlbGV0ZVB1c2hDb25maWdSZXNwb25zZTL2CwoLVGFza1NlcnZpY2USSwoIU2F2ZVRhc2sSHi5hZ2VudHN0b3JlLnYxLlNhdmVUYXNrUmVxdWVzdBofLmFnZW50c3RvcmUudjEuU2F2ZVRhc2tSZXNwb25zZRJICgdHZXRUYXNrEh0uYWdlbnRzdG9yZS52MS5HZXRUYXNrUmVxdWVzdBoeLmFnZW50c3RvcmUudjEuR2V0VGFza1Jlc3BvbnNlElEKCkRlbGV0ZVRhc2sSIC5hZ2VudHN0b3JlLnYxLkRlbGV0ZVRhc2tSZXF1ZXN0GiEuYWdlbnRzdG9yZS52MS5EZWxldGVUYXNrUmVzcG9uc2USTgoJTGlzdFRhc2tzEh8uYWdlbnRzdG9yZS52MS5MaXN0VGFza3NSZXF1ZXN0GiAuYWdlbnRzdG9yZS52MS5MaXN0VGFza3NSZXNwb25zZRJgCg9MaXN0UmVjZW50VGFza3MSJS5hZ2VudHN0b3JlLnYxLkxpc3RSZWNlbnRUYXNrc1JlcXVlc3QaJi5hZ2VudHN0b3JlLnYxLkxpc3RSZWNlbnRUYXNrc1Jlc3BvbnNlEmYKEVB1Ymxpc2hUYXNrVXBkYXRlEicuYWdlbnRzdG9yZS52MS5QdWJsaXNoVGFza1VwZGF0ZVJlcXVlc3QaKC5hZ2VudHN0b3JlLnYxLlB1Ymxpc2hUYXNrVXBkYXRlUmVzcG9uc2USaAoRU3RyZWFtVGFza1VwZGF0ZXMSJy5hZ2VudHN0b3JlLnYxLlN0cmVhbVRhc2tVcGRhdGVzUmVxdWVzdBooLmFnZW50c3RvcmUudjEuU3RyZWFtVGFza1VwZGF0ZXNSZXNwb25zZTABEloKDUFwcGVuZE1lc3NhZ2USIy5hZ2VudHN0b3JlLnYxLkFwcGVuZE1lc3NhZ2VSZXF1ZXN0GiQuYWdlbnRzdG9yZS52MS5BcHBlbmRNZXNzYWdlUmVzcG9uc2USVwoMTGlzdE1lc3NhZ2VzEiIuYWdlbnRzdG9yZS52MS5MaXN0TWVzc2FnZXNSZXF1ZXN0GiMuYWdlbnRzdG9yZS52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJgCg9HZXRDb252ZXJzYXRpb24SJS5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJi5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEmkKEkRlbGV0ZUNvbnZlcnNhdGlvbhIoLmFnZW50c3RvcmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBopLmFnZW50c3RvcmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USbwoUR2V0Q29udmVyc2F0aW9uU3RhdHMSKi5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblN0YXRzUmVxdWVzdBorLmFnZW50c3RvcmUudjEuR2V0Q29udmVyc2F0aW9uU3RhdHNSZXNwb25zZRJjChBDcmVhdGVQdXNoQ29uZmlnEiYuYWdlbnRzdG9yZS52MS5DcmVhdGVQdXNoQ29uZmlnUmVxdWVzdBonLmFnZW50c3RvcmUudjEuQ3JlYXRlUHVzaENvbmZpZ1Jlc3BvbnNlEloKDUdldFB1c2hDb25maWcSIy5hZ2VudHN0b3JlLnYxLkdldFB1c2hDb25maWdSZXF1ZXN0GiQuYWdlbnRzdG9yZS52MS5HZXRQdXNoQ29uZmlnUmVzcG9uc2USYAoPTGlzdFB1c2hDb25maWdzEiUuYWdlbnRzdG9yZS52MS5MaXN0UHVzaENvbmZpZ3NSZXF1ZXN0GiYuYWdlbnRzdG9yZS52MS5MaXN0UHVzaENvbmZpZ3NSZXNwb25zZRJjChBEZWxldGVQdXNoQ29uZmlnEiYuYWdlbnRzdG9yZS52MS5EZWxldGVQdXNoQ29uZmlnUmVxdWVzdBonLmFnZW50c3RvcmUudjEuRGVsZXRlUHVzaENvbmZpZ1Jlc3BvbnNlYgZwcm90bzM", [file_agentstore_v1_a2a_task, file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Request of TaskService.SaveTask.
@@ -803,8 +803,209 @@ export const GetConversationStatsResponseSchema: GenMessage<GetConversationStats
   messageDesc(file_agentstore_v1_task_service, 24);
 
 /**
+ * Request of TaskService.CreatePushConfig.
+ *
+ * @generated from message agentstore.v1.CreatePushConfigRequest
+ */
+export type CreatePushConfigRequest = Message<"agentstore.v1.CreatePushConfigRequest"> & {
+  /**
+   * The config: task_id and url are required, id is assigned when empty.
+   *
+   * @generated from field: agentstore.v1.TaskPushNotificationConfig config = 1;
+   */
+  config?: TaskPushNotificationConfig | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.CreatePushConfigRequest.
+ * Use `create(CreatePushConfigRequestSchema)` to create a new message.
+ */
+export const CreatePushConfigRequestSchema: GenMessage<CreatePushConfigRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 25);
+
+/**
+ * Response of TaskService.CreatePushConfig.
+ *
+ * @generated from message agentstore.v1.CreatePushConfigResponse
+ */
+export type CreatePushConfigResponse = Message<"agentstore.v1.CreatePushConfigResponse"> & {
+  /**
+   * The config as stored, with its id.
+   *
+   * @generated from field: agentstore.v1.TaskPushNotificationConfig config = 1;
+   */
+  config?: TaskPushNotificationConfig | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.CreatePushConfigResponse.
+ * Use `create(CreatePushConfigResponseSchema)` to create a new message.
+ */
+export const CreatePushConfigResponseSchema: GenMessage<CreatePushConfigResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 26);
+
+/**
+ * Request of TaskService.GetPushConfig. Numbered as A2A's GetTaskPushNotificationConfigRequest.
+ *
+ * @generated from message agentstore.v1.GetPushConfigRequest
+ */
+export type GetPushConfigRequest = Message<"agentstore.v1.GetPushConfigRequest"> & {
+  /**
+   * The task.
+   *
+   * @generated from field: string task_id = 2;
+   */
+  taskId: string;
+
+  /**
+   * The config.
+   *
+   * @generated from field: string id = 3;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message agentstore.v1.GetPushConfigRequest.
+ * Use `create(GetPushConfigRequestSchema)` to create a new message.
+ */
+export const GetPushConfigRequestSchema: GenMessage<GetPushConfigRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 27);
+
+/**
+ * Response of TaskService.GetPushConfig.
+ *
+ * @generated from message agentstore.v1.GetPushConfigResponse
+ */
+export type GetPushConfigResponse = Message<"agentstore.v1.GetPushConfigResponse"> & {
+  /**
+   * The config, with its token and credentials.
+   *
+   * @generated from field: agentstore.v1.TaskPushNotificationConfig config = 1;
+   */
+  config?: TaskPushNotificationConfig | undefined;
+};
+
+/**
+ * Describes the message agentstore.v1.GetPushConfigResponse.
+ * Use `create(GetPushConfigResponseSchema)` to create a new message.
+ */
+export const GetPushConfigResponseSchema: GenMessage<GetPushConfigResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 28);
+
+/**
+ * Request of TaskService.ListPushConfigs. Numbered as A2A's
+ * ListTaskPushNotificationConfigsRequest.
+ *
+ * @generated from message agentstore.v1.ListPushConfigsRequest
+ */
+export type ListPushConfigsRequest = Message<"agentstore.v1.ListPushConfigsRequest"> & {
+  /**
+   * The task.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * Maximum number of configs to return; 0 means the server default (50), larger values are
+   * clamped to the server maximum (100).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page, with the same task_id.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message agentstore.v1.ListPushConfigsRequest.
+ * Use `create(ListPushConfigsRequestSchema)` to create a new message.
+ */
+export const ListPushConfigsRequestSchema: GenMessage<ListPushConfigsRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 29);
+
+/**
+ * Response of TaskService.ListPushConfigs.
+ *
+ * @generated from message agentstore.v1.ListPushConfigsResponse
+ */
+export type ListPushConfigsResponse = Message<"agentstore.v1.ListPushConfigsResponse"> & {
+  /**
+   * The configs, by id.
+   *
+   * @generated from field: repeated agentstore.v1.TaskPushNotificationConfig configs = 1;
+   */
+  configs: TaskPushNotificationConfig[];
+
+  /**
+   * Token for the next page; empty when there is none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message agentstore.v1.ListPushConfigsResponse.
+ * Use `create(ListPushConfigsResponseSchema)` to create a new message.
+ */
+export const ListPushConfigsResponseSchema: GenMessage<ListPushConfigsResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 30);
+
+/**
+ * Request of TaskService.DeletePushConfig. Numbered as A2A's
+ * DeleteTaskPushNotificationConfigRequest.
+ *
+ * @generated from message agentstore.v1.DeletePushConfigRequest
+ */
+export type DeletePushConfigRequest = Message<"agentstore.v1.DeletePushConfigRequest"> & {
+  /**
+   * The task.
+   *
+   * @generated from field: string task_id = 2;
+   */
+  taskId: string;
+
+  /**
+   * The config.
+   *
+   * @generated from field: string id = 3;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message agentstore.v1.DeletePushConfigRequest.
+ * Use `create(DeletePushConfigRequestSchema)` to create a new message.
+ */
+export const DeletePushConfigRequestSchema: GenMessage<DeletePushConfigRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 31);
+
+/**
+ * Response of TaskService.DeletePushConfig.
+ *
+ * @generated from message agentstore.v1.DeletePushConfigResponse
+ */
+export type DeletePushConfigResponse = Message<"agentstore.v1.DeletePushConfigResponse"> & {
+};
+
+/**
+ * Describes the message agentstore.v1.DeletePushConfigResponse.
+ * Use `create(DeletePushConfigResponseSchema)` to create a new message.
+ */
+export const DeletePushConfigResponseSchema: GenMessage<DeletePushConfigResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 32);
+
+/**
  * The task store behind A2A servers: A2A v1.0 tasks (see a2a_task.proto), their replayable update
- * logs, and conversations. Push-notification configs come in a later change.
+ * logs, conversations, and push-notification configs (stored only: this service sends no
+ * notification).
  *
  * Generation: every write of a task (SaveTask, PublishTaskUpdate) bumps its generation by one. A
  * write that carries expected_generation and finds another answers ABORTED
@@ -975,6 +1176,56 @@ export const TaskService: GenService<{
     methodKind: "unary";
     input: typeof GetConversationStatsRequestSchema;
     output: typeof GetConversationStatsResponseSchema;
+  },
+  /**
+   * Creates a push-notification config of a live task, assigning its id (a UUID) when empty; a
+   * config of the same id in the task is replaced. NOT_FOUND (A2A_TASK_NOT_FOUND) when the task
+   * does not exist or expired. INVALID_ARGUMENT (PUSH_URL_REFUSED) when the url is not an absolute
+   * http or https URL, its host does not resolve, or it resolves to a loopback, private,
+   * link-local (cloud metadata), unspecified or multicast address, unless the server is configured
+   * to allow them; UNAVAILABLE (PUSH_URL_LOOKUP_FAILED) when the host could not be looked up.
+   * RESOURCE_EXHAUSTED (PUSH_CONFIG_LIMIT) when the task holds the maximum of configs (100)
+   * already and the id is new.
+   *
+   * @generated from rpc agentstore.v1.TaskService.CreatePushConfig
+   */
+  createPushConfig: {
+    methodKind: "unary";
+    input: typeof CreatePushConfigRequestSchema;
+    output: typeof CreatePushConfigResponseSchema;
+  },
+  /**
+   * Returns a push-notification config. NOT_FOUND (A2A_TASK_NOT_FOUND) when the task does not
+   * exist or expired; NOT_FOUND (PUSH_CONFIG_NOT_FOUND) when the task has no config of that id.
+   *
+   * @generated from rpc agentstore.v1.TaskService.GetPushConfig
+   */
+  getPushConfig: {
+    methodKind: "unary";
+    input: typeof GetPushConfigRequestSchema;
+    output: typeof GetPushConfigResponseSchema;
+  },
+  /**
+   * Pages the push-notification configs of a task, by id. NOT_FOUND (A2A_TASK_NOT_FOUND) when the
+   * task does not exist or expired.
+   *
+   * @generated from rpc agentstore.v1.TaskService.ListPushConfigs
+   */
+  listPushConfigs: {
+    methodKind: "unary";
+    input: typeof ListPushConfigsRequestSchema;
+    output: typeof ListPushConfigsResponseSchema;
+  },
+  /**
+   * Deletes a push-notification config. NOT_FOUND (A2A_TASK_NOT_FOUND) when the task does not
+   * exist or expired; NOT_FOUND (PUSH_CONFIG_NOT_FOUND) when the task has no config of that id.
+   *
+   * @generated from rpc agentstore.v1.TaskService.DeletePushConfig
+   */
+  deletePushConfig: {
+    methodKind: "unary";
+    input: typeof DeletePushConfigRequestSchema;
+    output: typeof DeletePushConfigResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentstore_v1_task_service, 0);

@@ -111,9 +111,34 @@ export const A2aConversationMessageEntity = defineEntity({
 });
 export type A2aConversationMessageRow = InferEntity<typeof A2aConversationMessageEntity>;
 
+/**
+ * Push-notification configs of a task (A2A's TaskPushNotificationConfig), deleted with the task.
+ * `token` and `credentials` are sealed (core/secrets.ts: `v1:<keyId>:...` AES-256-GCM, or
+ * `plain:...` when no key is configured); `key_id` is the key both are under ('' for plain), for
+ * re-encryption after a key rotation.
+ */
+export const A2aPushConfigEntity = defineEntity({
+  name: "A2aPushConfig",
+  tableName: "a2a_push_configs",
+  properties: {
+    tenantId: p.text().primary(),
+    taskId: p.text().primary(),
+    id: p.text().primary(),
+    url: p.text(),
+    token: p.text().nullable(),
+    /** authentication.scheme; null: no authentication. */
+    scheme: p.text().nullable(),
+    credentials: p.text().nullable(),
+    keyId: p.text().default(""),
+    createdAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
+  },
+});
+export type A2aPushConfigRow = InferEntity<typeof A2aPushConfigEntity>;
+
 export const a2aEntities = [
   A2aTaskEntity,
   A2aTaskUpdateEntity,
   A2aConversationEntity,
   A2aConversationMessageEntity,
+  A2aPushConfigEntity,
 ];

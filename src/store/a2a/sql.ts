@@ -65,7 +65,17 @@ export const readUpdates = statement<
   },
 });
 
-/** Deletes up to $2 tasks expired at $1 with their update logs; rows a writer holds wait for the next sweep. */
+/** Share-locks an existing task row: its push configs change while it can be neither deleted nor swept. */
+export const shareTask = statement<[tenant: string, id: string]>()({
+  name: "a2a.share_task",
+  text: "select * from a2a_tasks where tenant_id = $1 and id = $2 and generation > 0 for share",
+  row: { task: col.entity(A2aTaskEntity) },
+});
+
+/**
+ * Deletes up to $2 tasks expired at $1 with their update logs and push configs; rows a writer
+ * holds wait for the next sweep.
+ */
 export const sweepTasks = statement<[now: Date, limit: number]>()({
   name: "a2a.sweep_tasks",
   text: `with doomed as (
@@ -74,6 +84,9 @@ export const sweepTasks = statement<[now: Date, limit: number]>()({
          ),
          updates as (
            delete from a2a_task_updates u using doomed d where u.tenant_id = d.tenant_id and u.task_id = d.id
+         ),
+         push_configs as (
+           delete from a2a_push_configs c using doomed d where c.tenant_id = d.tenant_id and c.task_id = d.id
          )
          delete from a2a_tasks t using doomed d where t.tenant_id = d.tenant_id and t.id = d.id
          returning t.tenant_id`,

@@ -12,7 +12,7 @@ import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
 import type { StreamRead, StreamSource } from "../../feed/stream-hub.ts";
 import { requestIdReused } from "../runs/errors.ts";
-import { A2aTaskEntity, type A2aTaskRow, A2aTaskUpdateEntity } from "./entities.ts";
+import { A2aPushConfigEntity, A2aTaskEntity, type A2aTaskRow, A2aTaskUpdateEntity } from "./entities.ts";
 import {
   a2aTaskNotFound,
   a2aTaskTerminal,
@@ -57,7 +57,7 @@ export interface TaskFilter {
 /** What a stream of a task's log yields: an entry, or the news that the task is gone. */
 export type TaskLogItem = { gone: false; entry: StreamTaskUpdatesResponse } | { gone: true };
 
-const live = (row: A2aTaskRow, now: Date) =>
+export const live = (row: A2aTaskRow, now: Date) =>
   row.generation > 0 && (row.expiresAt == null || row.expiresAt > now);
 
 /** The stored task, with the store's fields filled in. */
@@ -107,8 +107,9 @@ export class TaskStore {
       const row = locked.task;
       const exists = live(row, now);
       if (row.generation > 0 && !exists) {
-        // Expired and not swept yet: its id starts a new task, with a new log.
+        // Expired and not swept yet: its id starts a new task, with a new log and no push configs.
         await tx.em.nativeDelete(A2aTaskUpdateEntity, { tenantId: tenant, taskId: input.id });
+        await tx.em.nativeDelete(A2aPushConfigEntity, { tenantId: tenant, taskId: input.id });
       }
       const current = exists ? row.generation : 0;
       if (expectedGeneration !== undefined && BigInt(current) !== expectedGeneration) {
@@ -302,12 +303,13 @@ export class TaskStore {
     return taskFromRow(row);
   }
 
-  /** Deletes a task and its log; open streams of it end with NOT_FOUND. */
+  /** Deletes a task, its log and its push configs; open streams of it end with NOT_FOUND. */
   delete(tenant: string, taskId: string): Promise<void> {
     return this.#uow.run(tenant, async (tx) => {
       const row = (await tx.sql.first(lockTask, tenant, taskId))?.task;
       if (row === undefined || !live(row, new Date())) throw a2aTaskNotFound(taskId);
       await tx.em.nativeDelete(A2aTaskUpdateEntity, { tenantId: tenant, taskId });
+      await tx.em.nativeDelete(A2aPushConfigEntity, { tenantId: tenant, taskId });
       await tx.em.nativeDelete(A2aTaskEntity, { tenantId: tenant, id: taskId });
       // Wakes the task's followers: their next read finds the task gone.
       tx.publish({ channel: TASK_UPDATES_CHANNEL, tenant, key: taskId, seq: row.updateSeq + 1 });
