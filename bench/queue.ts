@@ -28,19 +28,18 @@
  *
  * Prints Markdown and writes it to bench/results/queue.md (see --out).
  */
-import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, loadavg, totalmem } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { type Client, ConnectError, createClient } from "@connectrpc/connect";
+import { type Client, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import pg from "pg";
 import { QueueService } from "../gen/agentstore/v1/queue_service_pb.ts";
 import type { QueueTask } from "../gen/agentstore/v1/queue_task_pb.ts";
 import { type CpuShare, cpuCells, cpuWindow } from "./cpu.ts";
+import { commandLine, describe, MAX_LOG_LINES, postgresVersion, sh, watchServer } from "./report.ts";
 import {
   type BenchBackend,
   type BenchServer,
@@ -124,18 +123,6 @@ function connect(baseUrl: string): Connection {
   const transport = createGrpcTransport({ baseUrl, sessionManager });
   return { queue: createClient(QueueService, transport), close: () => sessionManager.abort() };
 }
-
-const sh = (cmd: string, argv: string[]): string => {
-  try {
-    return execFileSync(cmd, argv, {
-      cwd: ROOT,
-      encoding: "utf8",
-      stdio: ["ignore", "pipe", "ignore"],
-    }).trim();
-  } catch {
-    return "?";
-  }
-};
 
 const int = (n: number) => Math.round(n).toLocaleString("en-US");
 const ms = (n: number) => n.toFixed(2);
@@ -353,34 +340,6 @@ async function enqueueToClaim(
   }
 }
 
-const MAX_LOG_LINES = 10;
-
-/**
- * What the server says while the benchmark runs (bench/server.ts reads its stdout only up to
- * "agentstore serving"): its warning and error log lines, and whether it exits before it is stopped.
- */
-function watchServer(server: BenchServer) {
-  const state = { warnings: [] as string[], exit: undefined as string | undefined, stopping: false };
-  let partial = "";
-  server.child.stdout?.on("data", (chunk: Buffer) => {
-    const lines = (partial + chunk.toString("utf8")).split("\n");
-    partial = lines.pop() ?? "";
-    for (const line of lines) {
-      const level = /"level":(\d+)/.exec(line);
-      if (level !== null && Number(level[1]) >= 40) state.warnings.push(line);
-    }
-  });
-  server.child.once("exit", (code, signal) => {
-    if (!state.stopping) state.exit = `code ${code}, signal ${signal}`;
-  });
-  return state;
-}
-
-const describe = (err: unknown) => {
-  const e = err instanceof ConnectError ? `${err.message} (code ${err.code})` : String(err);
-  return e.replaceAll("|", "\\|").replaceAll("\n", " ");
-};
-
 /** The CPU shares of two back-to-back phases, as one. */
 function weighted(a: Timed, b: Timed): CpuShare {
   const mix = (x: number, y: number) => (x * a.seconds + y * b.seconds) / (a.seconds + b.seconds);
@@ -538,7 +497,7 @@ async function bench(backend: BenchBackend): Promise<string> {
     );
   }
 
-  const pgVersion = backend === "postgres" ? await postgresVersion() : "";
+  const pgVersion = backend === "postgres" ? await postgresVersion(ADMIN_URL) : "";
   const lines = [
     `## ${backend}`,
     "",
@@ -560,30 +519,6 @@ async function bench(backend: BenchBackend): Promise<string> {
   const text = lines.join("\n");
   console.log(text);
   return text;
-}
-
-async function postgresVersion(): Promise<string> {
-  const client = new pg.Client({ connectionString: ADMIN_URL });
-  try {
-    await client.connect();
-    const { rows } = await client.query<{ v: string; sc: string; fsync: string }>(
-      "select split_part(version(), ' on ', 1) as v, current_setting('synchronous_commit') as sc, current_setting('fsync') as fsync",
-    );
-    const r = rows[0];
-    return r === undefined ? "?" : `${r.v}, synchronous_commit=${r.sc}, fsync=${r.fsync}`;
-  } catch {
-    return "version unknown";
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
-function commandLine(): string {
-  const argv = process.argv.slice(2).map((a) => (/^[\w./:=,@-]+$/.test(a) ? a : `'${a}'`));
-  if (process.env.npm_lifecycle_event === "bench:queue") {
-    return `npm run bench:queue${argv.length > 0 ? ` -- ${argv.join(" ")}` : ""}`;
-  }
-  return ["node bench/queue.ts", ...argv].join(" ");
 }
 
 const loadAtStart = loadavg();
@@ -615,7 +550,7 @@ const header = [
   "",
   `Measured ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC; the run took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s.`,
   "",
-  `- Command: \`${commandLine()}\``,
+  `- Command: \`${commandLine("queue")}\``,
   `- Sizes: --tasks ${TASKS} --batched-tasks ${BATCHED_TASKS} --workers ${WORKERS} --samples ${SAMPLES} --enqueue-batch ${ENQUEUE_BATCH} --claim-batch ${CLAIM_BATCH}`,
   `- Machine: nproc ${sh("nproc", [])} (${availableParallelism()} available to Node; ${cpus()[0]?.model ?? "?"}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}`,
   `- Load average at start: ${loadAtStart.map((l) => l.toFixed(2)).join(" ")} (\`${uptimeAtStart}\`); at the end: ${loadavg()

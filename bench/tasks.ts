@@ -37,7 +37,6 @@
  *
  * Prints Markdown and writes it to bench/results/tasks.md (see --out).
  */
-import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, loadavg, totalmem } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
@@ -45,7 +44,6 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import pg from "pg";
 import {
   type AgentStoreClient,
   Code,
@@ -59,6 +57,7 @@ import {
   type TaskUpdateSchema,
 } from "../src/client/index.ts";
 import { type CpuShare, cpuCells, cpuWindow } from "./cpu.ts";
+import { commandLine, describe, MAX_LOG_LINES, postgresVersion, sh, watchServer } from "./report.ts";
 import {
   type BenchBackend,
   type BenchServer,
@@ -143,18 +142,6 @@ type MessageInit = MessageInitShape<typeof MessageSchema>;
 type UpdateInit = MessageInitShape<typeof TaskUpdateSchema>;
 type EntryKind = "task" | "statusUpdate" | "artifactUpdate" | "message";
 
-const sh = (cmd: string, argv: string[]): string => {
-  try {
-    return execFileSync(cmd, argv, {
-      cwd: ROOT,
-      encoding: "utf8",
-      stdio: ["ignore", "pipe", "ignore"],
-    }).trim();
-  } catch {
-    return "?";
-  }
-};
-
 const int = (n: number) => Math.round(n).toLocaleString("en-US");
 const ms = (n: number) => n.toFixed(2);
 const kib = (bytes: number) => `${(bytes / 1024).toFixed(1)} KiB`;
@@ -189,11 +176,6 @@ class Checks {
     if (count > 0) this.note(`${int(count)} ${text}`);
   }
 }
-
-const describe = (err: unknown) => {
-  const e = err instanceof ConnectError ? `${err.message} (code ${err.code})` : String(err);
-  return e.replaceAll("|", "\\|").replaceAll("\n", " ");
-};
 
 // ---------------------------------------------------------------------------------------------
 // What the tasks hold.
@@ -720,29 +702,6 @@ async function replayLog(c: AgentStoreClient, id: string, e: Expected): Promise<
   return undefined;
 }
 
-const MAX_LOG_LINES = 10;
-
-/**
- * What the server says while the benchmark runs (bench/server.ts reads its stdout only up to
- * "agentstore serving"): its warning and error log lines, and whether it exits before it is stopped.
- */
-function watchServer(server: BenchServer) {
-  const state = { warnings: [] as string[], exit: undefined as string | undefined, stopping: false };
-  let partial = "";
-  server.child.stdout?.on("data", (chunk: Buffer) => {
-    const lines = (partial + chunk.toString("utf8")).split("\n");
-    partial = lines.pop() ?? "";
-    for (const line of lines) {
-      const level = /"level":(\d+)/.exec(line);
-      if (level !== null && Number(level[1]) >= 40) state.warnings.push(line);
-    }
-  });
-  server.child.once("exit", (code, signal) => {
-    if (!state.stopping) state.exit = `code ${code}, signal ${signal}`;
-  });
-  return state;
-}
-
 async function bench(backend: BenchBackend): Promise<string> {
   const checks = new Checks();
   const began = performance.now();
@@ -885,7 +844,7 @@ async function bench(backend: BenchBackend): Promise<string> {
     );
   }
 
-  const pgVersion = backend === "postgres" ? await postgresVersion() : "";
+  const pgVersion = backend === "postgres" ? await postgresVersion(ADMIN_URL) : "";
   const lines = [
     `## ${backend}`,
     "",
@@ -909,30 +868,6 @@ async function bench(backend: BenchBackend): Promise<string> {
   const text = lines.join("\n");
   console.log(text);
   return text;
-}
-
-async function postgresVersion(): Promise<string> {
-  const client = new pg.Client({ connectionString: ADMIN_URL });
-  try {
-    await client.connect();
-    const { rows } = await client.query<{ v: string; sc: string; fsync: string }>(
-      "select split_part(version(), ' on ', 1) as v, current_setting('synchronous_commit') as sc, current_setting('fsync') as fsync",
-    );
-    const r = rows[0];
-    return r === undefined ? "?" : `${r.v}, synchronous_commit=${r.sc}, fsync=${r.fsync}`;
-  } catch {
-    return "version unknown";
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
-function commandLine(): string {
-  const argv = process.argv.slice(2).map((a) => (/^[\w./:=,@-]+$/.test(a) ? a : `'${a}'`));
-  if (process.env.npm_lifecycle_event === "bench:tasks") {
-    return `npm run bench:tasks${argv.length > 0 ? ` -- ${argv.join(" ")}` : ""}`;
-  }
-  return ["node bench/tasks.ts", ...argv].join(" ");
 }
 
 const loadAtStart = loadavg();
@@ -959,7 +894,7 @@ const header = [
   "",
   `Measured ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC; the run took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s.`,
   "",
-  `- Command: \`${commandLine()}\``,
+  `- Command: \`${commandLine("tasks")}\``,
   `- Sizes: --tasks ${TASKS} --saves ${SAVES} --updates ${UPDATES} --batched-updates ${BATCHED_UPDATES} --batch ${BATCH} --reads ${READS} --clients ${CLIENTS} --tasks-per-client ${TASKS_PER_CLIENT} --samples ${SAMPLES}`,
   `- Machine: nproc ${sh("nproc", [])} (${availableParallelism()} available to Node; ${cpus()[0]?.model ?? "?"}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Node ${process.version}`,
   `- Load average at start: ${loadAtStart.map((l) => l.toFixed(2)).join(" ")} (\`${uptimeAtStart}\`); at the end: ${loadavg()
