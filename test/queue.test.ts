@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
@@ -11,10 +10,8 @@ import {
   timestampFromMs,
   timestampMs,
 } from "@bufbuild/protobuf/wkt";
-import { type Client, Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import {
   type ClaimTasksRequestSchema,
   QueueService,
@@ -28,12 +25,12 @@ import {
 } from "../gen/agentstore/v1/queue_task_pb.ts";
 import type { App } from "../src/app.ts";
 import { eventually, range, rejectsWith } from "./helpers/assertions.ts";
+import { serviceClient } from "./helpers/connect.ts";
 import { type Backend, backends, postgres, type TestDatabase } from "./helpers/databases.ts";
-import { errorReason, type GrpcClient, type GrpcError, struct, unary, unstruct } from "./helpers/grpc-js.ts";
+import { errorReason, type GrpcError, grpcQueueService, struct, unary, unstruct } from "./helpers/grpc-js.ts";
 import {
   API_KEYS_ENV,
   KEYS,
-  ROOT,
   type ServerProcess,
   spawnServer,
   startServer,
@@ -78,41 +75,10 @@ interface QueueClient {
   close(): void;
 }
 
-/** A Connect client of QueueService over gRPC (HTTP/2), with the API key as a bearer token. */
-function queueClient(baseUrl: string, apiKey?: string): QueueClient {
-  const auth: Interceptor = (next) => (req) => {
-    if (apiKey !== undefined) req.header.set("authorization", `Bearer ${apiKey}`);
-    return next(req);
-  };
-  const sessionManager = new Http2SessionManager(baseUrl, { pingIntervalMs: 15_000 });
-  const transport = createGrpcTransport({ baseUrl, interceptors: [auth], sessionManager });
-  return { q: createClient(QueueService, transport), close: () => sessionManager.abort() };
-}
-
-const grpcDefinition = protoLoader.loadSync(["agentstore/v1/queue_service.proto"], {
-  includeDirs: [join(ROOT, "proto"), join(ROOT, "third_party/proto")],
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-});
-const grpcLoaded = grpc.loadPackageDefinition(grpcDefinition) as unknown as {
-  agentstore: { v1: { QueueService: grpc.ServiceClientConstructor } };
-};
-
-/** QueueService over plain @grpc/grpc-js, built from proto/ at run time (no generated code). */
-function grpcQueueService(port: number, apiKey?: string): GrpcClient {
-  const addKey: grpc.Interceptor = (options, next) =>
-    new grpc.InterceptingCall(next(options), {
-      start(metadata, listener, start) {
-        if (apiKey !== undefined) metadata.set("authorization", `Bearer ${apiKey}`);
-        start(metadata, listener);
-      },
-    });
-  return new grpcLoaded.agentstore.v1.QueueService(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
-    interceptors: [addKey],
-  }) as GrpcClient;
+/** A Connect client of QueueService, on a connection of its own, with the API key as a bearer token. */
+function queueClient(baseUrl: string, apiKey?: string) {
+  const { client, close } = serviceClient(QueueService, baseUrl, apiKey);
+  return { q: client, close };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type DescMessage, type MessageInitShape, type MessageShape, toJson } from "@bufbuild/protobuf";
 import {
@@ -12,10 +11,8 @@ import {
   timestampMs,
   ValueSchema,
 } from "@bufbuild/protobuf/wkt";
-import { type Client, Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import pg from "pg";
 import {
   type ArtifactSchema,
@@ -37,16 +34,10 @@ import {
 } from "../gen/agentstore/v1/task_service_pb.ts";
 import type { App } from "../src/app.ts";
 import { collect, eventually, range, reasonOf, rejectsWith } from "./helpers/assertions.ts";
+import { serviceClient } from "./helpers/connect.ts";
 import { type Backend, backends, postgres, type TestDatabase } from "./helpers/databases.ts";
-import { errorReason, type GrpcClient, type GrpcError, struct, unary, unstruct } from "./helpers/grpc-js.ts";
-import {
-  KEYS,
-  ROOT,
-  type ServerProcess,
-  spawnServer,
-  startServer,
-  type TestServer,
-} from "./helpers/servers.ts";
+import { errorReason, type GrpcError, grpcTaskService, struct, unary, unstruct } from "./helpers/grpc-js.ts";
+import { KEYS, type ServerProcess, spawnServer, startServer, type TestServer } from "./helpers/servers.ts";
 
 /**
  * TaskService over real gRPC, on PGlite and on PostgreSQL. The proto comments of
@@ -105,41 +96,10 @@ interface TaskClient {
   close(): void;
 }
 
-/** A Connect client of TaskService over gRPC (HTTP/2), with the API key as a bearer token. */
-function taskClient(baseUrl: string, apiKey?: string): TaskClient {
-  const auth: Interceptor = (next) => (req) => {
-    if (apiKey !== undefined) req.header.set("authorization", `Bearer ${apiKey}`);
-    return next(req);
-  };
-  const sessionManager = new Http2SessionManager(baseUrl, { pingIntervalMs: 15_000 });
-  const transport = createGrpcTransport({ baseUrl, interceptors: [auth], sessionManager });
-  return { t: createClient(TaskService, transport), close: () => sessionManager.abort() };
-}
-
-const grpcDefinition = protoLoader.loadSync(["agentstore/v1/task_service.proto"], {
-  includeDirs: [join(ROOT, "proto"), join(ROOT, "third_party/proto")],
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-});
-const grpcLoaded = grpc.loadPackageDefinition(grpcDefinition) as unknown as {
-  agentstore: { v1: { TaskService: grpc.ServiceClientConstructor } };
-};
-
-/** TaskService over plain @grpc/grpc-js, built from proto/ at run time (no generated code). */
-function grpcTaskService(port: number, apiKey?: string): GrpcClient {
-  const addKey: grpc.Interceptor = (options, next) =>
-    new grpc.InterceptingCall(next(options), {
-      start(metadata, listener, start) {
-        if (apiKey !== undefined) metadata.set("authorization", `Bearer ${apiKey}`);
-        start(metadata, listener);
-      },
-    });
-  return new grpcLoaded.agentstore.v1.TaskService(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), {
-    interceptors: [addKey],
-  }) as GrpcClient;
+/** A Connect client of TaskService, on a connection of its own, with the API key as a bearer token. */
+function taskClient(baseUrl: string, apiKey?: string) {
+  const { client, close } = serviceClient(TaskService, baseUrl, apiKey);
+  return { t: client, close };
 }
 
 // ---------------------------------------------------------------------------------------------

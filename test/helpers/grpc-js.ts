@@ -16,6 +16,8 @@ const definition = protoLoader.loadSync(
     "agentstore/v1/run_service.proto",
     "agentstore/v1/runner_service.proto",
     "agentstore/v1/session_service.proto",
+    "agentstore/v1/queue_service.proto",
+    "agentstore/v1/task_service.proto",
     "grpc/health/v1/health.proto",
   ],
   {
@@ -29,10 +31,12 @@ const definition = protoLoader.loadSync(
 );
 const loaded = grpc.loadPackageDefinition(definition) as unknown as {
   agentstore: {
-    v1: Record<"RunService" | "RunnerService" | "SessionService", grpc.ServiceClientConstructor>;
+    v1: Record<ServiceName, grpc.ServiceClientConstructor>;
   };
   grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
 };
+
+type ServiceName = "RunService" | "RunnerService" | "SessionService" | "QueueService" | "TaskService";
 
 export type GrpcClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
@@ -43,11 +47,7 @@ export interface GrpcError extends Error {
 }
 
 /** A service of agentstore.v1 over grpc-js; the API key rides as metadata (call credentials demand TLS in grpc-js). */
-function grpcService(
-  service: "RunService" | "RunnerService" | "SessionService",
-  port: number,
-  apiKey?: string,
-): GrpcClient {
+function grpcService(service: ServiceName, port: number, apiKey?: string): GrpcClient {
   const addKey: grpc.Interceptor = (options, next) =>
     new grpc.InterceptingCall(next(options), {
       start(metadata, listener, start) {
@@ -65,6 +65,8 @@ export const grpcRunnerService = (port: number, apiKey?: string) =>
   grpcService("RunnerService", port, apiKey);
 export const grpcSessionService = (port: number, apiKey?: string) =>
   grpcService("SessionService", port, apiKey);
+export const grpcQueueService = (port: number, apiKey?: string) => grpcService("QueueService", port, apiKey);
+export const grpcTaskService = (port: number, apiKey?: string) => grpcService("TaskService", port, apiKey);
 
 export function grpcHealth(port: number): GrpcClient {
   return new loaded.grpc.health.v1.Health(
