@@ -1147,12 +1147,21 @@ for (const backend of await backends()) {
         Code.NotFound,
       );
       // A task deleted while a poll waits: the poll answers NOT_FOUND.
-      const doomed = t.getTask({ id, waitForGenerationAfter: 2n, timeout: ms(60_000) });
+      // The expectation is attached before the delete: the poll's NOT_FOUND can arrive before the
+      // delete's answer, and a rejection with no handler yet fails the test on its own.
+      const doomed = rejectsWith(
+        within(
+          t.getTask({ id, waitForGenerationAfter: 2n, timeout: ms(60_000) }),
+          EXPIRY_DEADLINE_MS,
+          "the poll of a deleted task",
+        ),
+        Code.NotFound,
+      );
       if (taskWaiters(fx.server.app) !== undefined) {
         await eventually(() => assert.equal(taskWaiters(fx.server.app), baseline + 1));
       }
       await fx.alpha2.deleteTask({ id });
-      await rejectsWith(within(doomed, EXPIRY_DEADLINE_MS, "the poll of a deleted task"), Code.NotFound);
+      await doomed;
       if (taskWaiters(fx.server.app) !== undefined) {
         await eventually(() => assert.equal(taskWaiters(fx.server.app), baseline));
       }
