@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import type {
   AgentCard,
   Artifact as SdkArtifact,
   Message as SdkMessage,
   Task as SdkTask,
+  TaskPushNotificationConfig as SdkTaskPushNotificationConfig,
   StreamResponse,
 } from "@a2a-js/sdk";
 import { ClientFactory, ClientFactoryOptions } from "@a2a-js/sdk/client";
@@ -33,6 +36,7 @@ import {
   taskToStore,
 } from "../src/a2a-js/index.ts";
 import { type AgentStoreClient, createClient } from "../src/client/index.ts";
+import { eventually } from "./helpers/assertions.ts";
 import { type Backend, backends, type TestDatabase } from "./helpers/databases.ts";
 import { startServer, type TestServer } from "./helpers/servers.ts";
 
@@ -78,6 +82,10 @@ function sdkArtifact(id: string, text: string): SdkArtifact {
 
 // ---------------------------------------------------------------------------------------------
 // Conversions
+
+// Awaited before the first describe: under `node --test`, a file whose first suite has finished
+// while the module still awaits is taken as done, and suites declared after the await never ran.
+const BACKENDS = await backends();
 
 describe("a2a-js conversions", () => {
   it("round-trips a task with every part kind, metadata, history and artifacts", () => {
@@ -265,7 +273,10 @@ interface Replica {
   close(): Promise<void>;
 }
 
-async function startReplica(client: AgentStoreClient): Promise<Replica> {
+async function startReplica(
+  client: AgentStoreClient,
+  options: { agentstoreDelivers?: boolean } = {},
+): Promise<Replica> {
   const a2a = createAgentStoreA2A({ tasks: client.tasks, onError: () => {} });
   const executor = new TrivialExecutor();
   const card: AgentCard = {
@@ -293,6 +304,7 @@ async function startReplica(client: AgentStoreClient): Promise<Replica> {
     executor,
     a2a.eventBusManager,
     a2a.pushNotificationStore,
+    options.agentstoreDelivers ? a2a.pushNotificationSender : undefined,
   );
   const server = new grpc.Server();
   server.addService(
@@ -325,13 +337,13 @@ function a2aClient(card: AgentCard) {
   return factory.createFromAgentCard(card);
 }
 
-function sendRequest(text: string, returnImmediately = false) {
+function sendRequest(text: string, returnImmediately = false, pushConfig?: SdkTaskPushNotificationConfig) {
   return {
     tenant: "",
     message: sdkMessage({ text }),
     configuration: {
       acceptedOutputModes: [],
-      taskPushNotificationConfig: undefined,
+      taskPushNotificationConfig: pushConfig,
       historyLength: undefined,
       returnImmediately,
     },
@@ -339,9 +351,45 @@ function sendRequest(text: string, returnImmediately = false) {
   };
 }
 
-const PUSH_ENV = { AGENTSTORE_PUSH_ALLOW_PRIVATE_URLS: "true", AGENTSTORE_STREAM_POLL_MS: "600000" };
+const PUSH_ENV = {
+  AGENTSTORE_PUSH_ALLOW_PRIVATE_URLS: "true",
+  AGENTSTORE_STREAM_POLL_MS: "600000",
+  AGENTSTORE_PUSH_DELIVERY: "true",
+  AGENTSTORE_PUSH_BACKOFF_INITIAL_MS: "50",
+  AGENTSTORE_PUSH_BACKOFF_MAX_MS: "200",
+};
 
-for (const backend of await backends()) {
+/** A local webhook: what it was sent, in arrival order. */
+async function startReceiver() {
+  const received: Array<{
+    seq: string | undefined;
+    token: string | undefined;
+    body: Record<string, unknown>;
+  }> = [];
+  const server = http.createServer((req, res) => {
+    let text = "";
+    req.on("data", (chunk) => {
+      text += chunk;
+    });
+    req.on("end", () => {
+      received.push({
+        seq: req.headers["a2a-notification-seq"] as string | undefined,
+        token: req.headers["x-a2a-notification-token"] as string | undefined,
+        body: JSON.parse(text) as Record<string, unknown>,
+      });
+      res.writeHead(200).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    received,
+    url: `http://127.0.0.1:${port}/a2a-hook`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+for (const backend of BACKENDS) {
   describeOn(backend);
 }
 
@@ -490,6 +538,49 @@ function describeOn(backend: Backend) {
       } finally {
         await a.close();
         await b.close();
+      }
+    });
+
+    it("a push config given with message/send: agentstore delivers every event of the new task once, in order, and the SDK sends none itself", async () => {
+      const receiver = await startReceiver();
+      const replica = await startReplica(store, { agentstoreDelivers: true });
+      try {
+        const client = await a2aClient(replica.card);
+        const token = `tok-${randomUUID()}`;
+        const result = await client.sendMessage(
+          sendRequest("notify me", false, {
+            tenant: "",
+            id: "",
+            taskId: "",
+            url: receiver.url,
+            token,
+            authentication: undefined,
+          }),
+        );
+        const task = result as SdkTask;
+        assert.equal(task.status?.state, SDK.COMPLETED);
+        const cases = ["task", "statusUpdate", "artifactUpdate", "artifactUpdate", "statusUpdate"];
+        await eventually(() => assert.equal(receiver.received.length, cases.length), 60_000);
+        assert.deepEqual(
+          receiver.received.map((r) => r.seq),
+          ["1", "2", "3", "4", "5"],
+          "every entry of the task's log from its first save, once, in order (none from the SDK's sender)",
+        );
+        assert.deepEqual(
+          receiver.received.map((r) => Object.keys(r.body)),
+          cases.map((c) => [c]),
+        );
+        assert.ok(receiver.received.every((r) => r.token === token));
+        const last = receiver.received.at(-1)?.body.statusUpdate as
+          | { status?: { state?: string } }
+          | undefined;
+        assert.equal(last?.status?.state, "TASK_STATE_COMPLETED");
+        const { configs } = await store.tasks.listPushConfigs({ taskId: task.id });
+        assert.equal(configs.length, 1);
+        assert.equal(configs[0]?.url, receiver.url);
+      } finally {
+        await replica.close();
+        await receiver.close();
       }
     });
 

@@ -8,7 +8,7 @@
  *   const store = createClient({ baseUrl, apiKey });
  *   const a2a = createAgentStoreA2A({ tasks: store.tasks });
  *   const handler = new DefaultRequestHandler(card, a2a.taskStore, executor, a2a.eventBusManager,
- *     a2a.pushNotificationStore);
+ *     a2a.pushNotificationStore, a2a.pushNotificationSender); // the sender: with push delivery on
  *
  * Tenancy: agentstore names the tenant from the API key, so `tasks` may be a function of the
  * call's ServerCallContext (its `tenant` and `user`) answering the client of that tenant (or owner).
@@ -16,6 +16,8 @@
  *
  * `@a2a-js/sdk` is an optional peer dependency: only this entry point imports it.
  */
+
+import { randomUUID } from "node:crypto";
 import type {
   ListTasksRequest,
   ListTasksResponse,
@@ -27,6 +29,7 @@ import {
   DefaultExecutionEventBus,
   type ExecutionEventBus,
   type ExecutionEventBusManager,
+  type PushNotificationSender,
   type PushNotificationStore,
   ServerCallContext,
   type StoredPushNotificationConfig,
@@ -35,6 +38,7 @@ import {
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { TaskService, TaskUpdateSchema } from "../../gen/agentstore/v1/task_service_pb.ts";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import {
   artifactUpdateFromStore,
   artifactUpdateToStore,
@@ -92,6 +96,12 @@ function isNotFound(err: unknown): boolean {
   return err instanceof ConnectError && err.code === Code.NotFound;
 }
 
+/** NOT_FOUND because the task itself is missing (A2A_TASK_NOT_FOUND), not one of its parts. */
+function isTaskNotFound(err: unknown): boolean {
+  if (!(err instanceof ConnectError) || err.code !== Code.NotFound) return false;
+  return err.findDetails(ErrorInfoSchema).some((info) => info.reason === "A2A_TASK_NOT_FOUND");
+}
+
 /**
  * What the three parts share on one replica: the publish bookkeeping of the event-bus manager that
  * the task store reads, and the snapshot seqs that the task store's loads hand to resubscribes.
@@ -103,6 +113,24 @@ class Coordination {
   readonly saveWaiters = new Map<string, Array<() => void>>();
   /** Per task: resubscribes waiting for the update_seq of the handler's load, oldest first. */
   readonly loadWaiters = new Map<string, Array<(seq: bigint) => void>>();
+  /**
+   * Per task: push configs given with message/send before the task exists in agentstore (the SDK
+   * saves them first). They are created by the task's first save, in its transaction, so that
+   * the save itself is delivered to them.
+   */
+  readonly pendingConfigs: Map<string, SdkTaskPushNotificationConfig[]> = new Map();
+
+  holdConfig(taskId: string, config: SdkTaskPushNotificationConfig): void {
+    const held = (this.pendingConfigs.get(taskId) ?? []).filter((c) => c.id !== config.id);
+    held.push(config);
+    this.pendingConfigs.set(taskId, held);
+  }
+
+  takeConfigs(taskId: string): SdkTaskPushNotificationConfig[] {
+    const held = this.pendingConfigs.get(taskId) ?? [];
+    this.pendingConfigs.delete(taskId);
+    return held;
+  }
 
   takeOwed(taskId: string): boolean {
     const n = this.owed.get(taskId) ?? 0;
@@ -183,7 +211,16 @@ export class AgentStoreTaskStore implements TaskStore {
     // The event-bus manager folded this update into the task with PublishTaskUpdate already: the
     // ResultManager's save of the same fold would apply it twice (an appended chunk, twice).
     if (this.#coordination?.takeOwed(task.id)) return;
-    await resolve(this.#tasks, context).saveTask({ task: taskToStore(task) });
+    const configs = this.#coordination?.takeConfigs(task.id) ?? [];
+    try {
+      await resolve(this.#tasks, context).saveTask({
+        task: taskToStore(task),
+        pushConfigs: configs.map((config) => pushConfigToStore(task.id, config)),
+      });
+    } catch (err) {
+      for (const config of configs) this.#coordination?.holdConfig(task.id, config);
+      throw err;
+    }
     this.#coordination?.saved(task.id);
   }
 
@@ -222,28 +259,45 @@ export class AgentStoreTaskStore implements TaskStore {
 // PushNotificationStore
 
 /**
- * The SDK's PushNotificationStore over TaskService's push configs. A config needs its task to
- * exist in agentstore (NOT_FOUND otherwise), and its url to pass the server's checks.
+ * The SDK's PushNotificationStore over TaskService's push configs. A config's url must pass the
+ * server's checks; a config of a task not in agentstore yet waits for the task's first save (see
+ * save).
  */
 export class AgentStorePushNotificationStore implements PushNotificationStore {
   readonly #tasks: TaskServiceResolver;
   readonly #wireVersion: string;
+  readonly #coordination: Coordination | undefined;
 
-  constructor(tasks: TaskServiceResolver, options: { wireVersion?: string } = {}) {
+  constructor(
+    tasks: TaskServiceResolver,
+    options: { wireVersion?: string } = {},
+    coordination?: Coordination,
+  ) {
     this.#tasks = tasks;
     this.#wireVersion = options.wireVersion ?? "1.0";
+    this.#coordination = coordination;
   }
 
-  /** Creates or replaces the config; an empty id is assigned (in place, as the SDK requires). */
+  /**
+   * Creates or replaces the config; an empty id is assigned (in place, as the SDK requires). A
+   * config of a task not in agentstore yet (message/send saves it before the task) is held on this
+   * replica and created by the task's first save, which is then its first notification.
+   */
   async save(
     taskId: string,
     context: ServerCallContext,
     config: SdkTaskPushNotificationConfig,
   ): Promise<void> {
-    const { config: stored } = await resolve(this.#tasks, context).createPushConfig({
-      config: pushConfigToStore(taskId, config),
-    });
-    if (!config.id && stored !== undefined) config.id = stored.id;
+    try {
+      const { config: stored } = await resolve(this.#tasks, context).createPushConfig({
+        config: pushConfigToStore(taskId, config),
+      });
+      if (!config.id && stored !== undefined) config.id = stored.id;
+    } catch (err) {
+      if (this.#coordination === undefined || !isTaskNotFound(err)) throw err;
+      if (!config.id) config.id = randomUUID();
+      this.#coordination.holdConfig(taskId, { ...config, taskId });
+    }
   }
 
   async load(taskId: string, context: ServerCallContext): Promise<SdkTaskPushNotificationConfig[]> {
@@ -565,11 +619,23 @@ export class AgentStoreExecutionEventBusManager implements ExecutionEventBusMana
   }
 }
 
-/** The three parts, sharing what they must on this replica. */
+/**
+ * The PushNotificationSender for an agentstore that delivers push notifications itself
+ * (AGENTSTORE_PUSH_DELIVERY=true): it sends nothing, because every update the handler publishes is
+ * already a durable delivery in agentstore, sent (and retried, across restarts) by its replicas.
+ * The SDK's own sender would POST each event a second time, from memory.
+ */
+export class AgentStorePushNotificationSender implements PushNotificationSender {
+  async send(): Promise<void> {}
+}
+
+/** The parts, sharing what they must on this replica. */
 export interface AgentStoreA2A {
   taskStore: AgentStoreTaskStore;
   pushNotificationStore: AgentStorePushNotificationStore;
   eventBusManager: AgentStoreExecutionEventBusManager;
+  /** Pass it to the handler when agentstore's push delivery is on (see the class). */
+  pushNotificationSender: AgentStorePushNotificationSender;
 }
 
 /** A task store, a push store and an event-bus manager over one agentstore (per replica). */
@@ -577,12 +643,15 @@ export function createAgentStoreA2A(options: AgentStoreA2AOptions): AgentStoreA2
   const coordination = new Coordination();
   return {
     taskStore: new AgentStoreTaskStore(options.tasks, coordination),
-    pushNotificationStore: new AgentStorePushNotificationStore(options.tasks, {
-      wireVersion: options.pushWireVersion,
-    }),
+    pushNotificationStore: new AgentStorePushNotificationStore(
+      options.tasks,
+      { wireVersion: options.pushWireVersion },
+      coordination,
+    ),
     eventBusManager: new AgentStoreExecutionEventBusManager(options.tasks, coordination, {
       snapshotWaitMs: options.snapshotWaitMs,
       onError: options.onError,
     }),
+    pushNotificationSender: new AgentStorePushNotificationSender(),
   };
 }

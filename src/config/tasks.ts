@@ -52,7 +52,57 @@ export const tasksSettings = {
     schema: bool,
     fallback: "false",
   }),
+  pushDelivery: setting({
+    env: "AGENTSTORE_PUSH_DELIVERY",
+    flag: "push-delivery",
+    help: "send every A2A task update to the task's push configs, durably (a delivery row in the update's transaction, retried until delivered or dead)",
+    schema: bool,
+    fallback: "false",
+  }),
+  pushMaxAttempts: setting({
+    env: "AGENTSTORE_PUSH_MAX_ATTEMPTS",
+    flag: "push-max-attempts",
+    help: "attempts a push delivery takes before it is dead",
+    schema: positiveInt,
+    fallback: "10",
+  }),
+  pushTimeoutMs: setting({
+    env: "AGENTSTORE_PUSH_TIMEOUT_MS",
+    flag: "push-timeout-ms",
+    help: "how long one push POST (lookup, connect, send, answer) may take",
+    schema: positiveInt,
+    fallback: "10000",
+  }),
+  pushBackoffInitialMs: setting({
+    env: "AGENTSTORE_PUSH_BACKOFF_INITIAL_MS",
+    flag: "push-backoff-initial-ms",
+    help: "delay before a failed push delivery's first retry; it doubles at each further one",
+    schema: positiveInt,
+    fallback: "1000",
+  }),
+  pushBackoffMaxMs: setting({
+    env: "AGENTSTORE_PUSH_BACKOFF_MAX_MS",
+    flag: "push-backoff-max-ms",
+    help: "longest delay between push delivery attempts (also caps a receiver's Retry-After)",
+    schema: positiveInt,
+    fallback: "300000",
+  }),
+  pushConcurrency: setting({
+    env: "AGENTSTORE_PUSH_CONCURRENCY",
+    flag: "push-concurrency",
+    help: "push POSTs each replica has in flight at once",
+    schema: positiveInt,
+    fallback: "16",
+  }),
 };
+
+export interface PushDeliveryConfig {
+  maxAttempts: number;
+  timeoutMs: number;
+  backoffInitialMs: number;
+  backoffMaxMs: number;
+  concurrency: number;
+}
 
 export interface TasksConfig {
   /** null: tasks saved without a TTL never expire. */
@@ -66,6 +116,8 @@ export interface TasksConfig {
   /** Push-config secret keys, oldest first (the last encrypts); empty: stored plain. */
   pushConfigKeys: SecretKey[];
   pushAllowPrivateUrls: boolean;
+  /** null: push delivery is off (configs are only stored). */
+  pushDelivery: PushDeliveryConfig | null;
 }
 
 const zeroIsNone = (n: number) => (n === 0 ? null : n);
@@ -83,5 +135,14 @@ export function tasksConfig(values: GroupValues<typeof tasksSettings>, problems:
       "AGENTSTORE_PUSH_CONFIG_KEYS / --push-config-keys",
     ),
     pushAllowPrivateUrls: values.pushAllowPrivateUrls,
+    pushDelivery: values.pushDelivery
+      ? {
+          maxAttempts: values.pushMaxAttempts,
+          timeoutMs: values.pushTimeoutMs,
+          backoffInitialMs: values.pushBackoffInitialMs,
+          backoffMaxMs: Math.max(values.pushBackoffMaxMs, values.pushBackoffInitialMs),
+          concurrency: values.pushConcurrency,
+        }
+      : null,
   };
 }

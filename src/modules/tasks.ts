@@ -11,8 +11,16 @@ import { ConversationStore } from "../store/a2a/conversations.ts";
 import { a2aEntities } from "../store/a2a/entities.ts";
 import { TASK_UPDATES_CHANNEL } from "../store/a2a/model.ts";
 import { PushConfigStore } from "../store/a2a/push-configs.ts";
+import { PushDeliveryStore } from "../store/a2a/push-deliveries.ts";
 import { type TaskLogItem, TaskStore } from "../store/a2a/tasks.ts";
 import type { Module } from "./module.ts";
+import { PushDeliveryWorker } from "./push-delivery-worker.ts";
+
+/** With push delivery on, each replica's sender looks for due deliveries at least this often. */
+const PUSH_IDLE_LOOK_MS = 5_000;
+
+/** With push delivery off, the history RPCs still read (and redrive) what earlier runs left. */
+const DELIVERY_OFF = { maxAttempts: 1, backoffInitialMs: 1_000, backoffMaxMs: 1_000 };
 
 /** Update-log entries a followed task keeps in memory for its live followers. */
 const UPDATE_BUFFER = 256;
@@ -28,9 +36,19 @@ export const tasksModule: Module = {
   entities: a2aEntities,
   mount({ config, db, uow, feed, paging, logger }) {
     const settings = config.tasks;
+    const delivery = settings.pushDelivery;
+    const deliveries =
+      delivery === null
+        ? undefined
+        : new PushDeliveryStore(db, uow, paging, {
+            maxAttempts: delivery.maxAttempts,
+            backoffInitialMs: delivery.backoffInitialMs,
+            backoffMaxMs: delivery.backoffMaxMs,
+          });
     const tasks = new TaskStore(db, uow, paging, {
       defaultTtlMs: settings.defaultTtlMs,
       maxTaskBytes: settings.maxTaskBytes,
+      deliveries,
     });
     const conversations = new ConversationStore(db, uow, paging, {
       maxMessages: settings.conversationMaxMessages,
@@ -61,17 +79,35 @@ export const tasksModule: Module = {
       logger,
     );
     sweeper.start(settings.sweepMs);
+    const sender =
+      delivery === null || deliveries === undefined
+        ? undefined
+        : new PushDeliveryWorker(deliveries, pushConfigs, feed, logger, {
+            concurrency: delivery.concurrency,
+            timeoutMs: delivery.timeoutMs,
+            allowPrivateUrls: settings.pushAllowPrivateUrls,
+            idleLookMs: PUSH_IDLE_LOOK_MS,
+          });
+    sender?.start();
     return {
       services: [TaskService],
       routes: (router) =>
         router.service(
           TaskService,
-          createTaskService({ tasks, conversations, pushConfigs, updateHub, taskChanged }),
+          createTaskService({
+            tasks,
+            conversations,
+            pushConfigs,
+            pushDeliveries: deliveries ?? new PushDeliveryStore(db, uow, paging, DELIVERY_OFF),
+            updateHub,
+            taskChanged,
+          }),
         ),
       hubs: new Map([["a2a-task-updates", updateHub as LogHub<unknown>]]),
-      gauges: () => ({ "tasks.waiting": taskChanged.waiting() }),
+      gauges: () => ({ "tasks.waiting": taskChanged.waiting(), "push.sending": sender?.sending() ?? 0 }),
       async close() {
         taskChanged.close();
+        await sender?.stop();
         await sweeper.stop();
       },
       warmUp: (transport) => warmUpTaskUpdates(createClient(TaskService, transport)),
@@ -127,6 +163,8 @@ async function warmUpTaskReads(client: Client<typeof TaskService>): Promise<void
     });
     await client.getPushConfig({ taskId: contextId, id: config?.id ?? "" });
     await client.listPushConfigs({ taskId: contextId, pageSize: 1 });
+    await client.listPushDeliveries({ taskId: contextId, configId: config?.id ?? "", pageSize: 1 });
+    await client.redrivePushDeliveries({ taskId: contextId, configId: config?.id ?? "" });
     await client.deletePushConfig({ taskId: contextId, id: config?.id ?? "" });
     await client.listTasks({ contextId, pageSize: 1 });
     await client.listRecentTasks({ limit: 1 });

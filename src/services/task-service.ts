@@ -14,15 +14,17 @@ import {
   GetTaskResponseSchema,
   ListMessagesResponseSchema,
   ListPushConfigsResponseSchema,
+  ListPushDeliveriesResponseSchema,
   ListRecentTasksResponseSchema,
   ListTasksResponseSchema,
   PublishTaskUpdateResponseSchema,
+  RedrivePushDeliveriesResponseSchema,
   SaveTaskResponseSchema,
   type StreamTaskUpdatesResponse,
   StreamTaskUpdatesResponseSchema,
   type TaskService,
 } from "../../gen/agentstore/v1/task_service_pb.ts";
-import { DomainError } from "../core/errors.ts";
+import { DomainError, invalidArgument } from "../core/errors.ts";
 import { clampPageSize } from "../core/paging.ts";
 import type { LogHub } from "../feed/stream-hub.ts";
 import type { WakeSignal } from "../feed/wake-signal.ts";
@@ -30,6 +32,7 @@ import { tenantOf } from "../server/auth.ts";
 import type { ConversationStore } from "../store/a2a/conversations.ts";
 import { a2aTaskNotFound, isTerminal, type TaskUpdateCase, withHistory } from "../store/a2a/model.ts";
 import type { PushConfigStore } from "../store/a2a/push-configs.ts";
+import type { PushDeliveryStore } from "../store/a2a/push-deliveries.ts";
 import type { TaskLogItem, TaskStore } from "../store/a2a/tasks.ts";
 import { msFromDuration } from "./runner-convert.ts";
 
@@ -37,6 +40,7 @@ export interface TaskServiceDeps {
   tasks: TaskStore;
   conversations: ConversationStore;
   pushConfigs: PushConfigStore;
+  pushDeliveries: PushDeliveryStore;
   updateHub: LogHub<TaskLogItem>;
   /** Wakes GetTask long polls when their task changes. */
   taskChanged: WakeSignal;
@@ -104,12 +108,35 @@ function watchExpiry(tasks: TaskStore, tenant: string, task: Task, callSignal: A
 }
 
 export function createTaskService(deps: TaskServiceDeps): ServiceImpl<typeof TaskService> {
-  const { tasks, conversations, pushConfigs, updateHub, taskChanged } = deps;
+  const { tasks, conversations, pushConfigs, pushDeliveries, updateHub, taskChanged } = deps;
   return {
     async saveTask(req, ctx) {
+      const tenant = tenantOf(ctx);
       const task = req.task as Task;
-      const saved = await tasks.save(tenantOf(ctx), task, req.expectedGeneration, ttlOf(req.ttl));
-      return create(SaveTaskResponseSchema, saved);
+      const foreign = req.pushConfigs.findIndex((config) => config.taskId !== task.id);
+      if (foreign >= 0) {
+        throw invalidArgument("INVALID_ARGUMENT", "push_configs: a config's task_id must be the task's id", {
+          field: `push_configs[${foreign}].task_id`,
+        });
+      }
+      const prepared = await Promise.all(
+        req.pushConfigs.map((config) => pushConfigs.prepare(tenant, config)),
+      );
+      const saved = await tasks.save(
+        tenant,
+        task,
+        req.expectedGeneration,
+        ttlOf(req.ttl),
+        prepared.length === 0
+          ? undefined
+          : async (tx) => {
+              for (const config of prepared) await pushConfigs.insertPrepared(tx, config);
+            },
+      );
+      return create(SaveTaskResponseSchema, {
+        ...saved,
+        pushConfigs: prepared.map((config) => pushConfigs.preparedToProto(config)),
+      });
     },
 
     async getTask(req, ctx) {
@@ -306,6 +333,27 @@ export function createTaskService(deps: TaskServiceDeps): ServiceImpl<typeof Tas
     async deletePushConfig(req, ctx) {
       await pushConfigs.delete(tenantOf(ctx), req.taskId, req.id);
       return create(DeletePushConfigResponseSchema);
+    },
+
+    async listPushDeliveries(req, ctx) {
+      const page = await pushDeliveries.list(tenantOf(ctx), req.taskId, req.configId, req.state, {
+        pageSize: req.pageSize,
+        pageToken: req.pageToken,
+      });
+      return create(ListPushDeliveriesResponseSchema, {
+        deliveries: page.items,
+        nextPageToken: page.nextPageToken,
+      });
+    },
+
+    async redrivePushDeliveries(req, ctx) {
+      const deliveries = await pushDeliveries.redrive(
+        tenantOf(ctx),
+        req.taskId,
+        req.configId,
+        req.deliveryIds,
+      );
+      return create(RedrivePushDeliveriesResponseSchema, { deliveries });
     },
   };
 }

@@ -6,6 +6,8 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Conversation, ConversationStats, Message as Message$1, Task, TaskArtifactUpdateEvent, TaskPushNotificationConfig, TaskState, TaskStatusUpdateEvent } from "./a2a_task_pb.ts";
 import { file_agentstore_v1_a2a_task } from "./a2a_task_pb.ts";
+import type { PushDelivery, PushDeliveryState } from "./push_delivery_pb.ts";
+import { file_agentstore_v1_push_delivery } from "./push_delivery_pb.ts";
 import { file_buf_validate_validate } from "../../buf/validate/validate_pb.ts";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -15,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentstore/v1/task_service.proto.
  */
 export const file_agentstore_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBhZ2VudHN0b3JlL3YxL3Rhc2tfc2VydmljZS5wcm90bxINYWdlbnRzdG9yZS52MSK4AQoPU2F2ZVRhc2tSZXF1ZXN0EikKBHRhc2sYASABKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2tCBrpIA8gBARIpChNleHBlY3RlZF9nZW5lcmF0aW9uGAIgASgDQge6SAQiAigASACIAQESNwoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg+6SAyqAQkiBQiA54QPMgBCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24iRgoQU2F2ZVRhc2tSZXNwb25zZRIhCgR0YXNrGAEgASgLMhMuYWdlbnRzdG9yZS52MS5UYXNrEg8KB2NyZWF0ZWQYAiABKAgi+AEKDkdldFRhc2tSZXF1ZXN0EhYKAmlkGAIgASgJQgq6SAdyBRABGIACEiQKDmhpc3RvcnlfbGVuZ3RoGAMgASgFQge6SAQaAigASACIAQESLwoZd2FpdF9mb3JfZ2VuZXJhdGlvbl9hZnRlchgEIAEoA0IHukgEIgIoAEgBiAEBEjgKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDLpICaoBBiICCDwyAEIRCg9faGlzdG9yeV9sZW5ndGhCHAoaX3dhaXRfZm9yX2dlbmVyYXRpb25fYWZ0ZXJKBAgBEAJSBnRlbmFudCI0Cg9HZXRUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50c3RvcmUudjEuVGFzayIrChFEZWxldGVUYXNrUmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAAiIUChJEZWxldGVUYXNrUmVzcG9uc2UivAIKEExpc3RUYXNrc1JlcXVlc3QSHAoKY29udGV4dF9pZBgCIAEoCUIIukgFcgMYgAISMgoGc3RhdHVzGAMgASgOMhguYWdlbnRzdG9yZS52MS5UYXNrU3RhdGVCCLpIBYIBAhABEhoKCXBhZ2Vfc2l6ZRgEIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAUgASgJQgi6SAVyAxiACBIkCg5oaXN0b3J5X2xlbmd0aBgGIAEoBUIHukgEGgIoAEgAiAEBEjoKFnN0YXR1c190aW1lc3RhbXBfYWZ0ZXIYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEWluY2x1ZGVfYXJ0aWZhY3RzGAggASgIQhEKD19oaXN0b3J5X2xlbmd0aEoECAEQAlIGdGVuYW50IncKEUxpc3RUYXNrc1Jlc3BvbnNlEiIKBXRhc2tzGAEgAygLMhMuYWdlbnRzdG9yZS52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKdG90YWxfc2l6ZRgEIAEoBSIyChZMaXN0UmVjZW50VGFza3NSZXF1ZXN0EhgKBWxpbWl0GAEgASgFQgm6SAYaBBhkKAAiPQoXTGlzdFJlY2VudFRhc2tzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2siygEKClRhc2tVcGRhdGUSPQoNc3RhdHVzX3VwZGF0ZRgBIAEoCzIkLmFnZW50c3RvcmUudjEuVGFza1N0YXR1c1VwZGF0ZUV2ZW50SAASQQoPYXJ0aWZhY3RfdXBkYXRlGAIgASgLMiYuYWdlbnRzdG9yZS52MS5UYXNrQXJ0aWZhY3RVcGRhdGVFdmVudEgAEikKB21lc3NhZ2UYAyABKAsyFi5hZ2VudHN0b3JlLnYxLk1lc3NhZ2VIAEIPCgZ1cGRhdGUSBbpIAggBItABChhQdWJsaXNoVGFza1VwZGF0ZVJlcXVlc3QSGwoHdGFza19pZBgBIAEoCUIKukgHcgUQARiAAhI2Cgd1cGRhdGVzGAIgAygLMhkuYWdlbnRzdG9yZS52MS5UYXNrVXBkYXRlQgq6SAeSAQQIARBkEikKE2V4cGVjdGVkX2dlbmVyYXRpb24YAyABKANCB7pIBCICKABIAIgBARIcCgpyZXF1ZXN0X2lkGAQgASgJQgi6SAVyAxiAAUIWChRfZXhwZWN0ZWRfZ2VuZXJhdGlvbiJ2ChlQdWJsaXNoVGFza1VwZGF0ZVJlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2sSEQoJZmlyc3Rfc2VxGAIgASgDEhAKCGxhc3Rfc2VxGAMgASgDEhEKCXB1Ymxpc2hlZBgEIAEoCCKfAQoYU3RyZWFtVGFza1VwZGF0ZXNSZXF1ZXN0EhsKB3Rhc2tfaWQYASABKAlCCrpIB3IFEAEYgAISHwoJYWZ0ZXJfc2VxGAIgASgDQge6SAQiAigASACIAQESJAoOaGlzdG9yeV9sZW5ndGgYAyABKAVCB7pIBBoCKABIAYgBAUIMCgpfYWZ0ZXJfc2VxQhEKD19oaXN0b3J5X2xlbmd0aCKYAgoZU3RyZWFtVGFza1VwZGF0ZXNSZXNwb25zZRILCgNzZXEYASABKAMSEgoKZ2VuZXJhdGlvbhgCIAEoAxIjCgR0YXNrGAMgASgLMhMuYWdlbnRzdG9yZS52MS5UYXNrSAASPQoNc3RhdHVzX3VwZGF0ZRgEIAEoCzIkLmFnZW50c3RvcmUudjEuVGFza1N0YXR1c1VwZGF0ZUV2ZW50SAASQQoPYXJ0aWZhY3RfdXBkYXRlGAUgASgLMiYuYWdlbnRzdG9yZS52MS5UYXNrQXJ0aWZhY3RVcGRhdGVFdmVudEgAEikKB21lc3NhZ2UYBiABKAsyFi5hZ2VudHN0b3JlLnYxLk1lc3NhZ2VIAEIICgZ1cGRhdGUiZwoUQXBwZW5kTWVzc2FnZVJlcXVlc3QSHgoKY29udGV4dF9pZBgBIAEoCUIKukgHcgUQARiAAhIvCgdtZXNzYWdlGAIgASgLMhYuYWdlbnRzdG9yZS52MS5NZXNzYWdlQga6SAPIAQEiPwoVQXBwZW5kTWVzc2FnZVJlc3BvbnNlEg8KB2NyZWF0ZWQYASABKAgSFQoNbWVzc2FnZV9jb3VudBgCIAEoAyJvChNMaXN0TWVzc2FnZXNSZXF1ZXN0Eh4KCmNvbnRleHRfaWQYASABKAlCCrpIB3IFEAEYgAISGgoJcGFnZV9zaXplGAIgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAIIlkKFExpc3RNZXNzYWdlc1Jlc3BvbnNlEigKCG1lc3NhZ2VzGAEgAygLMhYuYWdlbnRzdG9yZS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0Eh4KCmNvbnRleHRfaWQYASABKAlCCrpIB3IFEAEYgAIiTAoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMQoMY29udmVyc2F0aW9uGAEgASgLMhsuYWdlbnRzdG9yZS52MS5Db252ZXJzYXRpb24iOwoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIeCgpjb250ZXh0X2lkGAEgASgJQgq6SAdyBRABGIACIhwKGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIh0KG0dldENvbnZlcnNhdGlvblN0YXRzUmVxdWVzdCJPChxHZXRDb252ZXJzYXRpb25TdGF0c1Jlc3BvbnNlEi8KBXN0YXRzGAEgASgLMiAuYWdlbnRzdG9yZS52MS5Db252ZXJzYXRpb25TdGF0cyJcChdDcmVhdGVQdXNoQ29uZmlnUmVxdWVzdBJBCgZjb25maWcYASABKAsyKS5hZ2VudHN0b3JlLnYxLlRhc2tQdXNoTm90aWZpY2F0aW9uQ29uZmlnQga6SAPIAQEiVQoYQ3JlYXRlUHVzaENvbmZpZ1Jlc3BvbnNlEjkKBmNvbmZpZxgBIAEoCzIpLmFnZW50c3RvcmUudjEuVGFza1B1c2hOb3RpZmljYXRpb25Db25maWciWQoUR2V0UHVzaENvbmZpZ1JlcXVlc3QSGwoHdGFza19pZBgCIAEoCUIKukgHcgUQARiAAhIWCgJpZBgDIAEoCUIKukgHcgUQARiAAkoECAEQAlIGdGVuYW50IlIKFUdldFB1c2hDb25maWdSZXNwb25zZRI5CgZjb25maWcYASABKAsyKS5hZ2VudHN0b3JlLnYxLlRhc2tQdXNoTm90aWZpY2F0aW9uQ29uZmlnIn0KFkxpc3RQdXNoQ29uZmlnc1JlcXVlc3QSGwoHdGFza19pZBgBIAEoCUIKukgHcgUQARiAAhIaCglwYWdlX3NpemUYAiABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAhKBAgEEAVSBnRlbmFudCJuChdMaXN0UHVzaENvbmZpZ3NSZXNwb25zZRI6Cgdjb25maWdzGAEgAygLMikuYWdlbnRzdG9yZS52MS5UYXNrUHVzaE5vdGlmaWNhdGlvbkNvbmZpZxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXAoXRGVsZXRlUHVzaENvbmZpZ1JlcXVlc3QSGwoHdGFza19pZBgCIAEoCUIKukgHcgUQARiAAhIWCgJpZBgDIAEoCUIKukgHcgUQARiAAkoECAEQAlIGdGVuYW50IhoKGERlbGV0ZVB1c2hDb25maWdSZXNwb25zZTL2CwoLVGFza1NlcnZpY2USSwoIU2F2ZVRhc2sSHi5hZ2VudHN0b3JlLnYxLlNhdmVUYXNrUmVxdWVzdBofLmFnZW50c3RvcmUudjEuU2F2ZVRhc2tSZXNwb25zZRJICgdHZXRUYXNrEh0uYWdlbnRzdG9yZS52MS5HZXRUYXNrUmVxdWVzdBoeLmFnZW50c3RvcmUudjEuR2V0VGFza1Jlc3BvbnNlElEKCkRlbGV0ZVRhc2sSIC5hZ2VudHN0b3JlLnYxLkRlbGV0ZVRhc2tSZXF1ZXN0GiEuYWdlbnRzdG9yZS52MS5EZWxldGVUYXNrUmVzcG9uc2USTgoJTGlzdFRhc2tzEh8uYWdlbnRzdG9yZS52MS5MaXN0VGFza3NSZXF1ZXN0GiAuYWdlbnRzdG9yZS52MS5MaXN0VGFza3NSZXNwb25zZRJgCg9MaXN0UmVjZW50VGFza3MSJS5hZ2VudHN0b3JlLnYxLkxpc3RSZWNlbnRUYXNrc1JlcXVlc3QaJi5hZ2VudHN0b3JlLnYxLkxpc3RSZWNlbnRUYXNrc1Jlc3BvbnNlEmYKEVB1Ymxpc2hUYXNrVXBkYXRlEicuYWdlbnRzdG9yZS52MS5QdWJsaXNoVGFza1VwZGF0ZVJlcXVlc3QaKC5hZ2VudHN0b3JlLnYxLlB1Ymxpc2hUYXNrVXBkYXRlUmVzcG9uc2USaAoRU3RyZWFtVGFza1VwZGF0ZXMSJy5hZ2VudHN0b3JlLnYxLlN0cmVhbVRhc2tVcGRhdGVzUmVxdWVzdBooLmFnZW50c3RvcmUudjEuU3RyZWFtVGFza1VwZGF0ZXNSZXNwb25zZTABEloKDUFwcGVuZE1lc3NhZ2USIy5hZ2VudHN0b3JlLnYxLkFwcGVuZE1lc3NhZ2VSZXF1ZXN0GiQuYWdlbnRzdG9yZS52MS5BcHBlbmRNZXNzYWdlUmVzcG9uc2USVwoMTGlzdE1lc3NhZ2VzEiIuYWdlbnRzdG9yZS52MS5MaXN0TWVzc2FnZXNSZXF1ZXN0GiMuYWdlbnRzdG9yZS52MS5MaXN0TWVzc2FnZXNSZXNwb25zZRJgCg9HZXRDb252ZXJzYXRpb24SJS5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJi5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEmkKEkRlbGV0ZUNvbnZlcnNhdGlvbhIoLmFnZW50c3RvcmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBopLmFnZW50c3RvcmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USbwoUR2V0Q29udmVyc2F0aW9uU3RhdHMSKi5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblN0YXRzUmVxdWVzdBorLmFnZW50c3RvcmUudjEuR2V0Q29udmVyc2F0aW9uU3RhdHNSZXNwb25zZRJjChBDcmVhdGVQdXNoQ29uZmlnEiYuYWdlbnRzdG9yZS52MS5DcmVhdGVQdXNoQ29uZmlnUmVxdWVzdBonLmFnZW50c3RvcmUudjEuQ3JlYXRlUHVzaENvbmZpZ1Jlc3BvbnNlEloKDUdldFB1c2hDb25maWcSIy5hZ2VudHN0b3JlLnYxLkdldFB1c2hDb25maWdSZXF1ZXN0GiQuYWdlbnRzdG9yZS52MS5HZXRQdXNoQ29uZmlnUmVzcG9uc2USYAoPTGlzdFB1c2hDb25maWdzEiUuYWdlbnRzdG9yZS52MS5MaXN0UHVzaENvbmZpZ3NSZXF1ZXN0GiYuYWdlbnRzdG9yZS52MS5MaXN0UHVzaENvbmZpZ3NSZXNwb25zZRJjChBEZWxldGVQdXNoQ29uZmlnEiYuYWdlbnRzdG9yZS52MS5EZWxldGVQdXNoQ29uZmlnUmVxdWVzdBonLmFnZW50c3RvcmUudjEuRGVsZXRlUHVzaENvbmZpZ1Jlc3BvbnNlYgZwcm90bzM", [file_agentstore_v1_a2a_task, file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiBhZ2VudHN0b3JlL3YxL3Rhc2tfc2VydmljZS5wcm90bxINYWdlbnRzdG9yZS52MSKDAgoPU2F2ZVRhc2tSZXF1ZXN0EikKBHRhc2sYASABKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2tCBrpIA8gBARIpChNleHBlY3RlZF9nZW5lcmF0aW9uGAIgASgDQge6SAQiAigASACIAQESNwoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg+6SAyqAQkiBQiA54QPMgASSQoMcHVzaF9jb25maWdzGAQgAygLMikuYWdlbnRzdG9yZS52MS5UYXNrUHVzaE5vdGlmaWNhdGlvbkNvbmZpZ0IIukgFkgECEApCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24ihwEKEFNhdmVUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50c3RvcmUudjEuVGFzaxIPCgdjcmVhdGVkGAIgASgIEj8KDHB1c2hfY29uZmlncxgDIAMoCzIpLmFnZW50c3RvcmUudjEuVGFza1B1c2hOb3RpZmljYXRpb25Db25maWci+AEKDkdldFRhc2tSZXF1ZXN0EhYKAmlkGAIgASgJQgq6SAdyBRABGIACEiQKDmhpc3RvcnlfbGVuZ3RoGAMgASgFQge6SAQaAigASACIAQESLwoZd2FpdF9mb3JfZ2VuZXJhdGlvbl9hZnRlchgEIAEoA0IHukgEIgIoAEgBiAEBEjgKB3RpbWVvdXQYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDLpICaoBBiICCDwyAEIRCg9faGlzdG9yeV9sZW5ndGhCHAoaX3dhaXRfZm9yX2dlbmVyYXRpb25fYWZ0ZXJKBAgBEAJSBnRlbmFudCI0Cg9HZXRUYXNrUmVzcG9uc2USIQoEdGFzaxgBIAEoCzITLmFnZW50c3RvcmUudjEuVGFzayIrChFEZWxldGVUYXNrUmVxdWVzdBIWCgJpZBgBIAEoCUIKukgHcgUQARiAAiIUChJEZWxldGVUYXNrUmVzcG9uc2UivAIKEExpc3RUYXNrc1JlcXVlc3QSHAoKY29udGV4dF9pZBgCIAEoCUIIukgFcgMYgAISMgoGc3RhdHVzGAMgASgOMhguYWdlbnRzdG9yZS52MS5UYXNrU3RhdGVCCLpIBYIBAhABEhoKCXBhZ2Vfc2l6ZRgEIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAUgASgJQgi6SAVyAxiACBIkCg5oaXN0b3J5X2xlbmd0aBgGIAEoBUIHukgEGgIoAEgAiAEBEjoKFnN0YXR1c190aW1lc3RhbXBfYWZ0ZXIYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEWluY2x1ZGVfYXJ0aWZhY3RzGAggASgIQhEKD19oaXN0b3J5X2xlbmd0aEoECAEQAlIGdGVuYW50IncKEUxpc3RUYXNrc1Jlc3BvbnNlEiIKBXRhc2tzGAEgAygLMhMuYWdlbnRzdG9yZS52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKdG90YWxfc2l6ZRgEIAEoBSIyChZMaXN0UmVjZW50VGFza3NSZXF1ZXN0EhgKBWxpbWl0GAEgASgFQgm6SAYaBBhkKAAiPQoXTGlzdFJlY2VudFRhc2tzUmVzcG9uc2USIgoFdGFza3MYASADKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2siygEKClRhc2tVcGRhdGUSPQoNc3RhdHVzX3VwZGF0ZRgBIAEoCzIkLmFnZW50c3RvcmUudjEuVGFza1N0YXR1c1VwZGF0ZUV2ZW50SAASQQoPYXJ0aWZhY3RfdXBkYXRlGAIgASgLMiYuYWdlbnRzdG9yZS52MS5UYXNrQXJ0aWZhY3RVcGRhdGVFdmVudEgAEikKB21lc3NhZ2UYAyABKAsyFi5hZ2VudHN0b3JlLnYxLk1lc3NhZ2VIAEIPCgZ1cGRhdGUSBbpIAggBItABChhQdWJsaXNoVGFza1VwZGF0ZVJlcXVlc3QSGwoHdGFza19pZBgBIAEoCUIKukgHcgUQARiAAhI2Cgd1cGRhdGVzGAIgAygLMhkuYWdlbnRzdG9yZS52MS5UYXNrVXBkYXRlQgq6SAeSAQQIARBkEikKE2V4cGVjdGVkX2dlbmVyYXRpb24YAyABKANCB7pIBCICKABIAIgBARIcCgpyZXF1ZXN0X2lkGAQgASgJQgi6SAVyAxiAAUIWChRfZXhwZWN0ZWRfZ2VuZXJhdGlvbiJ2ChlQdWJsaXNoVGFza1VwZGF0ZVJlc3BvbnNlEiEKBHRhc2sYASABKAsyEy5hZ2VudHN0b3JlLnYxLlRhc2sSEQoJZmlyc3Rfc2VxGAIgASgDEhAKCGxhc3Rfc2VxGAMgASgDEhEKCXB1Ymxpc2hlZBgEIAEoCCKfAQoYU3RyZWFtVGFza1VwZGF0ZXNSZXF1ZXN0EhsKB3Rhc2tfaWQYASABKAlCCrpIB3IFEAEYgAISHwoJYWZ0ZXJfc2VxGAIgASgDQge6SAQiAigASACIAQESJAoOaGlzdG9yeV9sZW5ndGgYAyABKAVCB7pIBBoCKABIAYgBAUIMCgpfYWZ0ZXJfc2VxQhEKD19oaXN0b3J5X2xlbmd0aCKYAgoZU3RyZWFtVGFza1VwZGF0ZXNSZXNwb25zZRILCgNzZXEYASABKAMSEgoKZ2VuZXJhdGlvbhgCIAEoAxIjCgR0YXNrGAMgASgLMhMuYWdlbnRzdG9yZS52MS5UYXNrSAASPQoNc3RhdHVzX3VwZGF0ZRgEIAEoCzIkLmFnZW50c3RvcmUudjEuVGFza1N0YXR1c1VwZGF0ZUV2ZW50SAASQQoPYXJ0aWZhY3RfdXBkYXRlGAUgASgLMiYuYWdlbnRzdG9yZS52MS5UYXNrQXJ0aWZhY3RVcGRhdGVFdmVudEgAEikKB21lc3NhZ2UYBiABKAsyFi5hZ2VudHN0b3JlLnYxLk1lc3NhZ2VIAEIICgZ1cGRhdGUiZwoUQXBwZW5kTWVzc2FnZVJlcXVlc3QSHgoKY29udGV4dF9pZBgBIAEoCUIKukgHcgUQARiAAhIvCgdtZXNzYWdlGAIgASgLMhYuYWdlbnRzdG9yZS52MS5NZXNzYWdlQga6SAPIAQEiPwoVQXBwZW5kTWVzc2FnZVJlc3BvbnNlEg8KB2NyZWF0ZWQYASABKAgSFQoNbWVzc2FnZV9jb3VudBgCIAEoAyJvChNMaXN0TWVzc2FnZXNSZXF1ZXN0Eh4KCmNvbnRleHRfaWQYASABKAlCCrpIB3IFEAEYgAISGgoJcGFnZV9zaXplGAIgASgFQge6SAQaAigAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAIIlkKFExpc3RNZXNzYWdlc1Jlc3BvbnNlEigKCG1lc3NhZ2VzGAEgAygLMhYuYWdlbnRzdG9yZS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI4ChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0Eh4KCmNvbnRleHRfaWQYASABKAlCCrpIB3IFEAEYgAIiTAoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMQoMY29udmVyc2F0aW9uGAEgASgLMhsuYWdlbnRzdG9yZS52MS5Db252ZXJzYXRpb24iOwoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIeCgpjb250ZXh0X2lkGAEgASgJQgq6SAdyBRABGIACIhwKGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIh0KG0dldENvbnZlcnNhdGlvblN0YXRzUmVxdWVzdCJPChxHZXRDb252ZXJzYXRpb25TdGF0c1Jlc3BvbnNlEi8KBXN0YXRzGAEgASgLMiAuYWdlbnRzdG9yZS52MS5Db252ZXJzYXRpb25TdGF0cyJcChdDcmVhdGVQdXNoQ29uZmlnUmVxdWVzdBJBCgZjb25maWcYASABKAsyKS5hZ2VudHN0b3JlLnYxLlRhc2tQdXNoTm90aWZpY2F0aW9uQ29uZmlnQga6SAPIAQEiVQoYQ3JlYXRlUHVzaENvbmZpZ1Jlc3BvbnNlEjkKBmNvbmZpZxgBIAEoCzIpLmFnZW50c3RvcmUudjEuVGFza1B1c2hOb3RpZmljYXRpb25Db25maWciWQoUR2V0UHVzaENvbmZpZ1JlcXVlc3QSGwoHdGFza19pZBgCIAEoCUIKukgHcgUQARiAAhIWCgJpZBgDIAEoCUIKukgHcgUQARiAAkoECAEQAlIGdGVuYW50IlIKFUdldFB1c2hDb25maWdSZXNwb25zZRI5CgZjb25maWcYASABKAsyKS5hZ2VudHN0b3JlLnYxLlRhc2tQdXNoTm90aWZpY2F0aW9uQ29uZmlnIn0KFkxpc3RQdXNoQ29uZmlnc1JlcXVlc3QSGwoHdGFza19pZBgBIAEoCUIKukgHcgUQARiAAhIaCglwYWdlX3NpemUYAiABKAVCB7pIBBoCKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgAhKBAgEEAVSBnRlbmFudCJuChdMaXN0UHVzaENvbmZpZ3NSZXNwb25zZRI6Cgdjb25maWdzGAEgAygLMikuYWdlbnRzdG9yZS52MS5UYXNrUHVzaE5vdGlmaWNhdGlvbkNvbmZpZxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXAoXRGVsZXRlUHVzaENvbmZpZ1JlcXVlc3QSGwoHdGFza19pZBgCIAEoCUIKukgHcgUQARiAAhIWCgJpZBgDIAEoCUIKukgHcgUQARiAAkoECAEQAlIGdGVuYW50IhoKGERlbGV0ZVB1c2hDb25maWdSZXNwb25zZSLMAQoZTGlzdFB1c2hEZWxpdmVyaWVzUmVxdWVzdBIbCgd0YXNrX2lkGAEgASgJQgq6SAdyBRABGIACEh0KCWNvbmZpZ19pZBgCIAEoCUIKukgHcgUQARiAAhI5CgVzdGF0ZRgDIAEoDjIgLmFnZW50c3RvcmUudjEuUHVzaERlbGl2ZXJ5U3RhdGVCCLpIBYIBAhABEhoKCXBhZ2Vfc2l6ZRgEIAEoBUIHukgEGgIoABIcCgpwYWdlX3Rva2VuGAUgASgJQgi6SAVyAxiACCJmChpMaXN0UHVzaERlbGl2ZXJpZXNSZXNwb25zZRIvCgpkZWxpdmVyaWVzGAEgAygLMhsuYWdlbnRzdG9yZS52MS5QdXNoRGVsaXZlcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoIBChxSZWRyaXZlUHVzaERlbGl2ZXJpZXNSZXF1ZXN0EhsKB3Rhc2tfaWQYASABKAlCCrpIB3IFEAEYgAISHQoJY29uZmlnX2lkGAIgASgJQgq6SAdyBRABGIACEiYKDGRlbGl2ZXJ5X2lkcxgDIAMoCUIQukgNkgEKEOgHIgVyA7ABASJQCh1SZWRyaXZlUHVzaERlbGl2ZXJpZXNSZXNwb25zZRIvCgpkZWxpdmVyaWVzGAEgAygLMhsuYWdlbnRzdG9yZS52MS5QdXNoRGVsaXZlcnky1Q0KC1Rhc2tTZXJ2aWNlEksKCFNhdmVUYXNrEh4uYWdlbnRzdG9yZS52MS5TYXZlVGFza1JlcXVlc3QaHy5hZ2VudHN0b3JlLnYxLlNhdmVUYXNrUmVzcG9uc2USSAoHR2V0VGFzaxIdLmFnZW50c3RvcmUudjEuR2V0VGFza1JlcXVlc3QaHi5hZ2VudHN0b3JlLnYxLkdldFRhc2tSZXNwb25zZRJRCgpEZWxldGVUYXNrEiAuYWdlbnRzdG9yZS52MS5EZWxldGVUYXNrUmVxdWVzdBohLmFnZW50c3RvcmUudjEuRGVsZXRlVGFza1Jlc3BvbnNlEk4KCUxpc3RUYXNrcxIfLmFnZW50c3RvcmUudjEuTGlzdFRhc2tzUmVxdWVzdBogLmFnZW50c3RvcmUudjEuTGlzdFRhc2tzUmVzcG9uc2USYAoPTGlzdFJlY2VudFRhc2tzEiUuYWdlbnRzdG9yZS52MS5MaXN0UmVjZW50VGFza3NSZXF1ZXN0GiYuYWdlbnRzdG9yZS52MS5MaXN0UmVjZW50VGFza3NSZXNwb25zZRJmChFQdWJsaXNoVGFza1VwZGF0ZRInLmFnZW50c3RvcmUudjEuUHVibGlzaFRhc2tVcGRhdGVSZXF1ZXN0GiguYWdlbnRzdG9yZS52MS5QdWJsaXNoVGFza1VwZGF0ZVJlc3BvbnNlEmgKEVN0cmVhbVRhc2tVcGRhdGVzEicuYWdlbnRzdG9yZS52MS5TdHJlYW1UYXNrVXBkYXRlc1JlcXVlc3QaKC5hZ2VudHN0b3JlLnYxLlN0cmVhbVRhc2tVcGRhdGVzUmVzcG9uc2UwARJaCg1BcHBlbmRNZXNzYWdlEiMuYWdlbnRzdG9yZS52MS5BcHBlbmRNZXNzYWdlUmVxdWVzdBokLmFnZW50c3RvcmUudjEuQXBwZW5kTWVzc2FnZVJlc3BvbnNlElcKDExpc3RNZXNzYWdlcxIiLmFnZW50c3RvcmUudjEuTGlzdE1lc3NhZ2VzUmVxdWVzdBojLmFnZW50c3RvcmUudjEuTGlzdE1lc3NhZ2VzUmVzcG9uc2USYAoPR2V0Q29udmVyc2F0aW9uEiUuYWdlbnRzdG9yZS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GiYuYWdlbnRzdG9yZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJpChJEZWxldGVDb252ZXJzYXRpb24SKC5hZ2VudHN0b3JlLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaKS5hZ2VudHN0b3JlLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEm8KFEdldENvbnZlcnNhdGlvblN0YXRzEiouYWdlbnRzdG9yZS52MS5HZXRDb252ZXJzYXRpb25TdGF0c1JlcXVlc3QaKy5hZ2VudHN0b3JlLnYxLkdldENvbnZlcnNhdGlvblN0YXRzUmVzcG9uc2USYwoQQ3JlYXRlUHVzaENvbmZpZxImLmFnZW50c3RvcmUudjEuQ3JlYXRlUHVzaENvbmZpZ1JlcXVlc3QaJy5hZ2VudHN0b3JlLnYxLkNyZWF0ZVB1c2hDb25maWdSZXNwb25zZRJaCg1HZXRQdXNoQ29uZmlnEiMuYWdlbnRzdG9yZS52MS5HZXRQdXNoQ29uZmlnUmVxdWVzdBokLmFnZW50c3RvcmUudjEuR2V0UHVzaENvbmZpZ1Jlc3BvbnNlEmAKD0xpc3RQdXNoQ29uZmlncxIlLmFnZW50c3RvcmUudjEuTGlzdFB1c2hDb25maWdzUmVxdWVzdBomLmFnZW50c3RvcmUudjEuTGlzdFB1c2hDb25maWdzUmVzcG9uc2USYwoQRGVsZXRlUHVzaENvbmZpZxImLmFnZW50c3RvcmUudjEuRGVsZXRlUHVzaENvbmZpZ1JlcXVlc3QaJy5hZ2VudHN0b3JlLnYxLkRlbGV0ZVB1c2hDb25maWdSZXNwb25zZRJpChJMaXN0UHVzaERlbGl2ZXJpZXMSKC5hZ2VudHN0b3JlLnYxLkxpc3RQdXNoRGVsaXZlcmllc1JlcXVlc3QaKS5hZ2VudHN0b3JlLnYxLkxpc3RQdXNoRGVsaXZlcmllc1Jlc3BvbnNlEnIKFVJlZHJpdmVQdXNoRGVsaXZlcmllcxIrLmFnZW50c3RvcmUudjEuUmVkcml2ZVB1c2hEZWxpdmVyaWVzUmVxdWVzdBosLmFnZW50c3RvcmUudjEuUmVkcml2ZVB1c2hEZWxpdmVyaWVzUmVzcG9uc2ViBnByb3RvMw", [file_agentstore_v1_a2a_task, file_agentstore_v1_push_delivery, file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Request of TaskService.SaveTask.
@@ -46,6 +48,17 @@ export type SaveTaskRequest = Message<"agentstore.v1.SaveTaskRequest"> & {
    * @generated from field: google.protobuf.Duration ttl = 3;
    */
   ttl?: Duration | undefined;
+
+  /**
+   * Push-notification configs to create (or replace, by id) in the same transaction, before the
+   * task entry is written: the save itself is then delivered to them. This is how a config given
+   * with A2A's message/send reaches a task that does not exist yet. Their task_id must be the
+   * task's; ids are assigned when empty (see SaveTaskResponse.push_configs); the rules of
+   * CreatePushConfig apply.
+   *
+   * @generated from field: repeated agentstore.v1.TaskPushNotificationConfig push_configs = 4;
+   */
+  pushConfigs: TaskPushNotificationConfig[];
 };
 
 /**
@@ -74,6 +87,13 @@ export type SaveTaskResponse = Message<"agentstore.v1.SaveTaskResponse"> & {
    * @generated from field: bool created = 2;
    */
   created: boolean;
+
+  /**
+   * The request's push_configs as stored, with their ids, in the request's order.
+   *
+   * @generated from field: repeated agentstore.v1.TaskPushNotificationConfig push_configs = 3;
+   */
+  pushConfigs: TaskPushNotificationConfig[];
 };
 
 /**
@@ -1003,9 +1023,144 @@ export const DeletePushConfigResponseSchema: GenMessage<DeletePushConfigResponse
   messageDesc(file_agentstore_v1_task_service, 32);
 
 /**
+ * Request of TaskService.ListPushDeliveries.
+ *
+ * @generated from message agentstore.v1.ListPushDeliveriesRequest
+ */
+export type ListPushDeliveriesRequest = Message<"agentstore.v1.ListPushDeliveriesRequest"> & {
+  /**
+   * The task.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * The config.
+   *
+   * @generated from field: string config_id = 2;
+   */
+  configId: string;
+
+  /**
+   * Only deliveries in this state; unspecified: all.
+   *
+   * @generated from field: agentstore.v1.PushDeliveryState state = 3;
+   */
+  state: PushDeliveryState;
+
+  /**
+   * Maximum number of deliveries to return; 0 means the server default (100), larger values are
+   * clamped to the server maximum (500).
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * next_page_token of the previous page, with the same task_id, config_id and state.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message agentstore.v1.ListPushDeliveriesRequest.
+ * Use `create(ListPushDeliveriesRequestSchema)` to create a new message.
+ */
+export const ListPushDeliveriesRequestSchema: GenMessage<ListPushDeliveriesRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 33);
+
+/**
+ * Response of TaskService.ListPushDeliveries.
+ *
+ * @generated from message agentstore.v1.ListPushDeliveriesResponse
+ */
+export type ListPushDeliveriesResponse = Message<"agentstore.v1.ListPushDeliveriesResponse"> & {
+  /**
+   * The deliveries, by seq.
+   *
+   * @generated from field: repeated agentstore.v1.PushDelivery deliveries = 1;
+   */
+  deliveries: PushDelivery[];
+
+  /**
+   * Token for the next page; empty when there is none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message agentstore.v1.ListPushDeliveriesResponse.
+ * Use `create(ListPushDeliveriesResponseSchema)` to create a new message.
+ */
+export const ListPushDeliveriesResponseSchema: GenMessage<ListPushDeliveriesResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 34);
+
+/**
+ * Request of TaskService.RedrivePushDeliveries.
+ *
+ * @generated from message agentstore.v1.RedrivePushDeliveriesRequest
+ */
+export type RedrivePushDeliveriesRequest = Message<"agentstore.v1.RedrivePushDeliveriesRequest"> & {
+  /**
+   * The task.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * The config.
+   *
+   * @generated from field: string config_id = 2;
+   */
+  configId: string;
+
+  /**
+   * The DEAD deliveries to redrive; empty: every DEAD delivery of the config (at most 1000 per
+   * call, the oldest seqs first).
+   *
+   * @generated from field: repeated string delivery_ids = 3;
+   */
+  deliveryIds: string[];
+};
+
+/**
+ * Describes the message agentstore.v1.RedrivePushDeliveriesRequest.
+ * Use `create(RedrivePushDeliveriesRequestSchema)` to create a new message.
+ */
+export const RedrivePushDeliveriesRequestSchema: GenMessage<RedrivePushDeliveriesRequest> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 35);
+
+/**
+ * Response of TaskService.RedrivePushDeliveries.
+ *
+ * @generated from message agentstore.v1.RedrivePushDeliveriesResponse
+ */
+export type RedrivePushDeliveriesResponse = Message<"agentstore.v1.RedrivePushDeliveriesResponse"> & {
+  /**
+   * The deliveries made PENDING, by seq.
+   *
+   * @generated from field: repeated agentstore.v1.PushDelivery deliveries = 1;
+   */
+  deliveries: PushDelivery[];
+};
+
+/**
+ * Describes the message agentstore.v1.RedrivePushDeliveriesResponse.
+ * Use `create(RedrivePushDeliveriesResponseSchema)` to create a new message.
+ */
+export const RedrivePushDeliveriesResponseSchema: GenMessage<RedrivePushDeliveriesResponse> = /*@__PURE__*/
+  messageDesc(file_agentstore_v1_task_service, 36);
+
+/**
  * The task store behind A2A servers: A2A v1.0 tasks (see a2a_task.proto), their replayable update
- * logs, conversations, and push-notification configs (stored only: this service sends no
- * notification).
+ * logs, conversations, push-notification configs, and (when the server enables it) durable push
+ * delivery of every task update to the task's configs (see push_delivery.proto).
  *
  * Generation: every write of a task (SaveTask, PublishTaskUpdate) bumps its generation by one. A
  * write that carries expected_generation and finds another answers ABORTED
@@ -1226,6 +1381,33 @@ export const TaskService: GenService<{
     methodKind: "unary";
     input: typeof DeletePushConfigRequestSchema;
     output: typeof DeletePushConfigResponseSchema;
+  },
+  /**
+   * Pages the delivery history of a push-notification config, by seq (oldest first), optionally
+   * of one state. Deliveries exist only while the server's push delivery is enabled; they go
+   * with their config and their task. NOT_FOUND (A2A_TASK_NOT_FOUND, PUSH_CONFIG_NOT_FOUND) as
+   * GetPushConfig.
+   *
+   * @generated from rpc agentstore.v1.TaskService.ListPushDeliveries
+   */
+  listPushDeliveries: {
+    methodKind: "unary";
+    input: typeof ListPushDeliveriesRequestSchema;
+    output: typeof ListPushDeliveriesResponseSchema;
+  },
+  /**
+   * Makes DEAD deliveries of a config PENDING again, due at once, with their attempts reset: the
+   * ones named, else all of the config's. They are sent in seq order among themselves, after
+   * (not before) the config's later deliveries that are already DELIVERED. Answers the deliveries
+   * redriven; deliveries named that are not DEAD are left as they are and not answered.
+   * NOT_FOUND (A2A_TASK_NOT_FOUND, PUSH_CONFIG_NOT_FOUND) as GetPushConfig.
+   *
+   * @generated from rpc agentstore.v1.TaskService.RedrivePushDeliveries
+   */
+  redrivePushDeliveries: {
+    methodKind: "unary";
+    input: typeof RedrivePushDeliveriesRequestSchema;
+    output: typeof RedrivePushDeliveriesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_agentstore_v1_task_service, 0);

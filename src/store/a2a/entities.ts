@@ -135,10 +135,57 @@ export const A2aPushConfigEntity = defineEntity({
 });
 export type A2aPushConfigRow = InferEntity<typeof A2aPushConfigEntity>;
 
+/**
+ * One update of a task to one of its push configs (push_delivery.proto's PushDelivery), written in
+ * the update's transaction while push delivery is enabled, deleted with its config and its task.
+ * States: pending, sending (worker_id holds it until lease_expires_at), delivered, dead.
+ */
+export const A2aPushDeliveryEntity = defineEntity({
+  name: "A2aPushDelivery",
+  tableName: "a2a_push_deliveries",
+  properties: {
+    tenantId: p.text().primary(),
+    id: p.uuid().primary(),
+    taskId: p.text(),
+    configId: p.text(),
+    seq: p.bigint("number"),
+    state: p.text(),
+    attempts: p.integer().default(0),
+    maxAttempts: p.integer(),
+    lastError: p.text().nullable(),
+    lastStatusCode: p.integer().nullable(),
+    nextAttemptAt: p.datetime(3),
+    workerId: p.text().nullable(),
+    leaseExpiresAt: p.datetime(3).nullable(),
+    createdAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
+    deliveredAt: p.datetime(3).nullable(),
+    updatedAt: p.datetime(3).defaultRaw("current_timestamp(3)"),
+  },
+  uniques: [
+    { name: "a2a_push_deliveries_seq_unique", properties: ["tenantId", "taskId", "configId", "seq"] },
+  ],
+  indexes: [
+    {
+      // The workers' look for due deliveries, across tenants.
+      name: "a2a_push_deliveries_due_idx",
+      expression:
+        "create index a2a_push_deliveries_due_idx on a2a_push_deliveries (next_attempt_at) where state = 'pending'",
+    },
+    {
+      // Deliveries whose sender died: their lease runs out.
+      name: "a2a_push_deliveries_lease_idx",
+      expression:
+        "create index a2a_push_deliveries_lease_idx on a2a_push_deliveries (lease_expires_at) where state = 'sending'",
+    },
+  ],
+});
+export type A2aPushDeliveryRow = InferEntity<typeof A2aPushDeliveryEntity>;
+
 export const a2aEntities = [
   A2aTaskEntity,
   A2aTaskUpdateEntity,
   A2aConversationEntity,
   A2aConversationMessageEntity,
   A2aPushConfigEntity,
+  A2aPushDeliveryEntity,
 ];

@@ -9,8 +9,13 @@ import { checkOutboundUrl, type Lookup } from "../../core/outbound-url.ts";
 import { isStringTuple, type ListSpec, type Page, type PageRequest, type Paging } from "../../core/paging.ts";
 import { PLAIN_KEY_ID, type SecretBox } from "../../core/secrets.ts";
 import type { Database } from "../../db/database.ts";
-import type { UnitOfWork } from "../../db/unit-of-work.ts";
-import { A2aPushConfigEntity, type A2aPushConfigRow, A2aTaskEntity } from "./entities.ts";
+import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
+import {
+  A2aPushConfigEntity,
+  type A2aPushConfigRow,
+  A2aPushDeliveryEntity,
+  A2aTaskEntity,
+} from "./entities.ts";
 import { a2aTaskNotFound } from "./model.ts";
 import { shareTask } from "./sql.ts";
 import { live } from "./tasks.ts";
@@ -33,6 +38,14 @@ export const pushConfigNotFound = (taskId: string, id: string) =>
     task_id: taskId,
     id,
   });
+
+/** A config checked and sealed, ready to be written in a transaction. */
+export interface PreparedPushConfig {
+  readonly row: Pick<
+    A2aPushConfigRow,
+    "tenantId" | "taskId" | "id" | "url" | "token" | "scheme" | "credentials" | "keyId" | "createdAt"
+  >;
+}
 
 export interface PushConfigStoreOptions {
   /** Accept URLs on loopback, private and link-local addresses. */
@@ -73,42 +86,63 @@ export class PushConfigStore {
 
   /** Creates (or replaces, by id) a config of a live task; assigns the id when empty. */
   async create(tenant: string, input: TaskPushNotificationConfig): Promise<TaskPushNotificationConfig> {
+    const prepared = await this.prepare(tenant, input);
+    await this.#uow.run(tenant, async (tx) => {
+      const task = (await tx.sql.first(shareTask, tenant, input.taskId))?.task;
+      if (task === undefined || !live(task, new Date())) throw a2aTaskNotFound(input.taskId);
+      await this.insertPrepared(tx, prepared);
+    });
+    return this.#toProto(prepared.row);
+  }
+
+  /**
+   * The checks and sealing of a config, done before its transaction (the URL check may look the
+   * host up): what `insertPrepared` writes, and what `preparedToProto` answers.
+   */
+  async prepare(tenant: string, input: TaskPushNotificationConfig): Promise<PreparedPushConfig> {
     await checkOutboundUrl(input.url, {
       allowPrivate: this.#options.allowPrivateUrls,
       lookup: this.#options.lookup,
     });
     const id = input.id === "" ? randomUUID() : input.id;
     const key = { tenantId: tenant, taskId: input.taskId, id };
-    const row = {
-      ...key,
-      url: input.url,
-      token: input.token === "" ? null : this.#box.seal(input.token, aad(key, "token")),
-      scheme: input.authentication?.scheme ?? null,
-      credentials:
-        input.authentication === undefined || input.authentication.credentials === ""
-          ? null
-          : this.#box.seal(input.authentication.credentials, aad(key, "credentials")),
-      keyId: this.#box.currentKeyId,
-      createdAt: new Date(),
+    return {
+      row: {
+        ...key,
+        url: input.url,
+        token: input.token === "" ? null : this.#box.seal(input.token, aad(key, "token")),
+        scheme: input.authentication?.scheme ?? null,
+        credentials:
+          input.authentication === undefined || input.authentication.credentials === ""
+            ? null
+            : this.#box.seal(input.authentication.credentials, aad(key, "credentials")),
+        keyId: this.#box.currentKeyId,
+        createdAt: new Date(),
+      },
     };
-    await this.#uow.run(tenant, async (tx) => {
-      const task = (await tx.sql.first(shareTask, tenant, input.taskId))?.task;
-      if (task === undefined || !live(task, new Date())) throw a2aTaskNotFound(input.taskId);
-      const replaced = await tx.em.nativeDelete(A2aPushConfigEntity, key);
-      if (replaced === 0) {
-        const held = await tx.em.count(A2aPushConfigEntity, { tenantId: tenant, taskId: input.taskId });
-        if (held >= MAX_PUSH_CONFIGS_PER_TASK) {
-          throw new DomainError(
-            "RESOURCE_EXHAUSTED",
-            "PUSH_CONFIG_LIMIT",
-            `task ${input.taskId} holds ${held} push configs, the most a task may hold`,
-            { task_id: input.taskId, limit: String(MAX_PUSH_CONFIGS_PER_TASK) },
-          );
-        }
+  }
+
+  /** Writes a prepared config, replacing one of its id; the caller holds its task's row lock. */
+  async insertPrepared(tx: Tx, prepared: PreparedPushConfig): Promise<void> {
+    const { row } = prepared;
+    const key = { tenantId: row.tenantId, taskId: row.taskId, id: row.id };
+    const replaced = await tx.em.nativeDelete(A2aPushConfigEntity, key);
+    if (replaced === 0) {
+      const held = await tx.em.count(A2aPushConfigEntity, { tenantId: row.tenantId, taskId: row.taskId });
+      if (held >= MAX_PUSH_CONFIGS_PER_TASK) {
+        throw new DomainError(
+          "RESOURCE_EXHAUSTED",
+          "PUSH_CONFIG_LIMIT",
+          `task ${row.taskId} holds ${held} push configs, the most a task may hold`,
+          { task_id: row.taskId, limit: String(MAX_PUSH_CONFIGS_PER_TASK) },
+        );
       }
-      await tx.em.insert(A2aPushConfigEntity, row);
-    });
-    return this.#toProto(row);
+    }
+    await tx.em.insert(A2aPushConfigEntity, row);
+  }
+
+  preparedToProto(prepared: PreparedPushConfig): TaskPushNotificationConfig {
+    return this.#toProto(prepared.row);
   }
 
   /** A config; NOT_FOUND for an unknown or expired task, or an unknown config. */
@@ -147,7 +181,14 @@ export class PushConfigStore {
       if (task === undefined || !live(task, new Date())) throw a2aTaskNotFound(taskId);
       const deleted = await tx.em.nativeDelete(A2aPushConfigEntity, { tenantId: tenant, taskId, id });
       if (deleted === 0) throw pushConfigNotFound(taskId, id);
+      await tx.em.nativeDelete(A2aPushDeliveryEntity, { tenantId: tenant, taskId, configId: id });
     });
+  }
+
+  /** A config as a delivery sends to it (token and credentials opened); null when it is gone. */
+  async forDelivery(tenant: string, taskId: string, id: string): Promise<TaskPushNotificationConfig | null> {
+    const row = await this.#db.orm.em.fork().findOne(A2aPushConfigEntity, { tenantId: tenant, taskId, id });
+    return row === null ? null : this.#toProto(row);
   }
 
   async #requireLiveTask(tenant: string, taskId: string): Promise<void> {

@@ -1,6 +1,6 @@
 import { col } from "../../db/rows.ts";
 import { statement } from "../../db/sql.ts";
-import { A2aConversationEntity, A2aTaskEntity } from "./entities.ts";
+import { A2aConversationEntity, A2aPushDeliveryEntity, A2aTaskEntity } from "./entities.ts";
 
 /**
  * The A2A aggregate's SQL: the statements that need PostgreSQL itself (ON CONFLICT as "lock or
@@ -73,8 +73,8 @@ export const shareTask = statement<[tenant: string, id: string]>()({
 });
 
 /**
- * Deletes up to $2 tasks expired at $1 with their update logs and push configs; rows a writer
- * holds wait for the next sweep.
+ * Deletes up to $2 tasks expired at $1 with their update logs, push configs and deliveries; rows a
+ * writer holds wait for the next sweep.
  */
 export const sweepTasks = statement<[now: Date, limit: number]>()({
   name: "a2a.sweep_tasks",
@@ -87,6 +87,9 @@ export const sweepTasks = statement<[now: Date, limit: number]>()({
          ),
          push_configs as (
            delete from a2a_push_configs c using doomed d where c.tenant_id = d.tenant_id and c.task_id = d.id
+         ),
+         push_deliveries as (
+           delete from a2a_push_deliveries p using doomed d where p.tenant_id = d.tenant_id and p.task_id = d.id
          )
          delete from a2a_tasks t using doomed d where t.tenant_id = d.tenant_id and t.id = d.id
          returning t.tenant_id`,
@@ -133,4 +136,129 @@ export const conversationStats = statement<[tenant: string, now: Date]>()({
     oldest: col.timestampOrNull("oldest"),
     newest: col.timestampOrNull("newest"),
   },
+});
+
+const delivery = { delivery: col.entity(A2aPushDeliveryEntity) };
+
+/**
+ * One delivery per push config of the task and per seq from $3 to $4: called in the transaction
+ * that appended those seqs, under the task's row lock (config writes share-lock the row, so the
+ * set of configs cannot change meanwhile). Answers how many it made.
+ */
+export const insertDeliveries = statement<
+  [tenant: string, taskId: string, firstSeq: number, lastSeq: number, maxAttempts: number]
+>()({
+  name: "a2a.insert_deliveries",
+  text: `with made as (
+           insert into a2a_push_deliveries (tenant_id, id, task_id, config_id, seq, state, attempts, max_attempts,
+             next_attempt_at, created_at, updated_at)
+           select $1, gen_random_uuid(), $2, c.id, s.seq, 'pending', 0, $5, now(), now(), now()
+           from a2a_push_configs c cross join generate_series($3::int8, $4::int8) as s(seq)
+           where c.tenant_id = $1 and c.task_id = $2
+           returning 1
+         )
+         select count(*) as made from made`,
+  row: { made: col.safeInt("made") },
+});
+
+/**
+ * Takes up to $1 deliveries due now, across tenants, for worker $2 until its lease ($3 ms) runs
+ * out: PENDING ones due, and SENDING ones whose sender's lease ran out (it died). Only the head
+ * of each (task, config) is taken, the delivery with no earlier one still PENDING or SENDING, so
+ * one config's deliveries go out one at a time in seq order. SKIP LOCKED keeps two replicas
+ * from taking one delivery; a row another replica took and committed meanwhile is re-checked
+ * against the state condition and skipped.
+ */
+export const claimDeliveries = statement<[limit: number, workerId: string, leaseMs: number]>()({
+  name: "a2a.claim_deliveries",
+  text: `with picked as (
+           select d.tenant_id, d.id from a2a_push_deliveries d
+           where ((d.state = 'pending' and d.next_attempt_at <= clock_timestamp())
+               or (d.state = 'sending' and d.lease_expires_at <= clock_timestamp()))
+             and not exists (
+               select 1 from a2a_push_deliveries e
+               where e.tenant_id = d.tenant_id and e.task_id = d.task_id and e.config_id = d.config_id
+                 and e.seq < d.seq and e.state in ('pending', 'sending'))
+           order by d.next_attempt_at, d.seq
+           limit $1
+           for update of d skip locked
+         )
+         update a2a_push_deliveries d set state = 'sending', worker_id = $2, attempts = d.attempts + 1,
+           lease_expires_at = clock_timestamp() + make_interval(secs => $3 / 1000.0), updated_at = now()
+         from picked p where d.tenant_id = p.tenant_id and d.id = p.id
+         returning d.*`,
+  row: delivery,
+});
+
+/**
+ * When the workers should look next: the earliest retry or lease end still to come. (Deliveries
+ * already due but not taken wait behind an earlier one of their config; its end pokes the
+ * workers, so time alone never makes them takeable.)
+ */
+export const nextDeliveryDue = statement<[]>()({
+  name: "a2a.next_delivery_due",
+  text: `select least(
+           (select min(next_attempt_at) from a2a_push_deliveries
+             where state = 'pending' and next_attempt_at > clock_timestamp()),
+           (select min(lease_expires_at) from a2a_push_deliveries
+             where state = 'sending' and lease_expires_at > clock_timestamp())) as due`,
+  row: { due: col.timestampOrNull("due") },
+});
+
+/** Records a 2xx answer, if the worker still holds the delivery. */
+export const deliveredDelivery = statement<[tenant: string, id: string, workerId: string, status: number]>()({
+  name: "a2a.delivered_delivery",
+  text: `update a2a_push_deliveries set state = 'delivered', delivered_at = now(), last_status_code = $4,
+           last_error = null, worker_id = null, lease_expires_at = null, updated_at = now()
+         where tenant_id = $1 and id = $2 and worker_id = $3 and state = 'sending'
+         returning *`,
+  row: delivery,
+});
+
+/**
+ * Records a failed attempt, if the worker still holds the delivery: DEAD when it is permanent
+ * ($6) or the attempts ran out, else PENDING after $7 ms when given (Retry-After), else after the
+ * backoff min($9, $8 * 2^(attempts-1)), less up to half at random.
+ */
+export const failedDelivery = statement<
+  [
+    tenant: string,
+    id: string,
+    workerId: string,
+    error: string,
+    status: number | null,
+    permanent: boolean,
+    retryDelayMs: number | null,
+    backoffInitialMs: number,
+    backoffMaxMs: number,
+  ]
+>()({
+  name: "a2a.failed_delivery",
+  text: `update a2a_push_deliveries set
+           state = case when $6::boolean or attempts >= max_attempts then 'dead' else 'pending' end,
+           next_attempt_at = case when $6::boolean or attempts >= max_attempts then next_attempt_at
+             else clock_timestamp() + make_interval(secs => coalesce($7::float8,
+               least($9::float8, $8 * power(2::float8, least(attempts - 1, 40))) * (1 - random() / 2)) / 1000.0) end,
+           last_error = $4, last_status_code = $5, worker_id = null, lease_expires_at = null, updated_at = now()
+         where tenant_id = $1 and id = $2 and worker_id = $3 and state = 'sending'
+         returning *`,
+  row: delivery,
+});
+
+/** DEAD deliveries of a config PENDING again, due now: the named ones ($4), else up to $5 oldest. */
+export const redriveDeliveries = statement<
+  [tenant: string, taskId: string, configId: string, idsJson: string | null, limit: number]
+>()({
+  name: "a2a.redrive_deliveries",
+  text: `with dead as (
+           select id from a2a_push_deliveries
+           where tenant_id = $1 and task_id = $2 and config_id = $3 and state = 'dead'
+             and ($4::jsonb is null or id in (select (jsonb_array_elements_text($4::jsonb))::uuid))
+           order by seq limit $5
+           for update
+         )
+         update a2a_push_deliveries d set state = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+         from dead where d.tenant_id = $1 and d.id = dead.id
+         returning d.*`,
+  row: delivery,
 });

@@ -12,7 +12,13 @@ import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
 import type { StreamRead, StreamSource } from "../../feed/stream-hub.ts";
 import { requestIdReused } from "../runs/errors.ts";
-import { A2aPushConfigEntity, A2aTaskEntity, type A2aTaskRow, A2aTaskUpdateEntity } from "./entities.ts";
+import {
+  A2aPushConfigEntity,
+  A2aPushDeliveryEntity,
+  A2aTaskEntity,
+  type A2aTaskRow,
+  A2aTaskUpdateEntity,
+} from "./entities.ts";
 import {
   a2aTaskNotFound,
   a2aTaskTerminal,
@@ -26,6 +32,7 @@ import {
   type TaskUpdateCase,
   taskTooLarge,
 } from "./model.ts";
+import type { PushDeliveryStore } from "./push-deliveries.ts";
 import { lockOrCreateTask, lockTask, readUpdates, sweepTasks } from "./sql.ts";
 
 /** Most recently updated first, by (updated_at, id) descending. */
@@ -46,6 +53,8 @@ export interface TaskStoreOptions {
   /** TTL of a task saved without one; null: none. */
   defaultTtlMs: number | null;
   maxTaskBytes: number;
+  /** Makes the push deliveries of each write in its transaction; undefined: delivery is off. */
+  deliveries?: PushDeliveryStore;
 }
 
 export interface TaskFilter {
@@ -99,6 +108,8 @@ export class TaskStore {
     input: Task,
     expectedGeneration: bigint | undefined,
     ttlMs: number | null | undefined,
+    /** Runs under the task's row lock once the save is allowed, before its entry is written. */
+    beforeEntry?: (tx: Tx) => Promise<void>,
   ): Promise<{ task: Task; created: boolean }> {
     return this.#uow.run(tenant, async (tx) => {
       const now = new Date();
@@ -110,6 +121,7 @@ export class TaskStore {
         // Expired and not swept yet: its id starts a new task, with a new log and no push configs.
         await tx.em.nativeDelete(A2aTaskUpdateEntity, { tenantId: tenant, taskId: input.id });
         await tx.em.nativeDelete(A2aPushConfigEntity, { tenantId: tenant, taskId: input.id });
+        await tx.em.nativeDelete(A2aPushDeliveryEntity, { tenantId: tenant, taskId: input.id });
       }
       const current = exists ? row.generation : 0;
       if (expectedGeneration !== undefined && BigInt(current) !== expectedGeneration) {
@@ -123,6 +135,7 @@ export class TaskStore {
       if (exists && isTerminal(row.state as TaskState) && state !== row.state) {
         throw a2aTaskTerminal(input.id, row.state as TaskState);
       }
+      await beforeEntry?.(tx);
       const generation = current + 1;
       const seq = (exists ? row.updateSeq : 0) + 1;
       const keptTtl = exists ? (row.ttlMs ?? null) : this.#options.defaultTtlMs;
@@ -287,12 +300,9 @@ export class TaskStore {
         };
       }),
     );
-    tx.publish({
-      channel: TASK_UPDATES_CHANNEL,
-      tenant,
-      key: task.id,
-      seq: w.firstSeq + w.entries.length - 1,
-    });
+    const lastSeq = w.firstSeq + w.entries.length - 1;
+    await this.#options.deliveries?.record(tx, tenant, task.id, w.firstSeq, lastSeq);
+    tx.publish({ channel: TASK_UPDATES_CHANNEL, tenant, key: task.id, seq: lastSeq });
     return body;
   }
 
@@ -303,13 +313,14 @@ export class TaskStore {
     return taskFromRow(row);
   }
 
-  /** Deletes a task, its log and its push configs; open streams of it end with NOT_FOUND. */
+  /** Deletes a task, its log, its push configs and deliveries; open streams of it end with NOT_FOUND. */
   delete(tenant: string, taskId: string): Promise<void> {
     return this.#uow.run(tenant, async (tx) => {
       const row = (await tx.sql.first(lockTask, tenant, taskId))?.task;
       if (row === undefined || !live(row, new Date())) throw a2aTaskNotFound(taskId);
       await tx.em.nativeDelete(A2aTaskUpdateEntity, { tenantId: tenant, taskId });
       await tx.em.nativeDelete(A2aPushConfigEntity, { tenantId: tenant, taskId });
+      await tx.em.nativeDelete(A2aPushDeliveryEntity, { tenantId: tenant, taskId });
       await tx.em.nativeDelete(A2aTaskEntity, { tenantId: tenant, id: taskId });
       // Wakes the task's followers: their next read finds the task gone.
       tx.publish({ channel: TASK_UPDATES_CHANNEL, tenant, key: taskId, seq: row.updateSeq + 1 });
