@@ -345,6 +345,8 @@ describe("push URLs on a server that refuses private addresses", () => {
       "http://[fe80::1]/",
       "http://[fd00::1]/",
       "http://0.0.0.0/",
+      "http://[64:ff9b::a9fe:a9fe]/",
+      "https://user:pass@93.184.216.34/hook",
       "ftp://example.com/",
       "not a url",
     ]) {
@@ -387,7 +389,7 @@ describe("push-config secrets and settings", () => {
     }
   });
 
-  it("classifies addresses, IPv4-mapped forms included", () => {
+  it("classifies addresses, IPv4-mapped and IPv4-carrying IPv6 forms included", () => {
     for (const a of [
       "127.0.0.1",
       "10.1.2.3",
@@ -397,6 +399,13 @@ describe("push-config secrets and settings", () => {
       "fe80::1",
       "fc00::1",
       "::",
+      // IPv6 forms that carry an IPv4 address: 169.254.169.254 through NAT64, 6to4 and the old
+      // IPv4-compatible form.
+      "64:ff9b::a9fe:a9fe",
+      "64:ff9b:1::a9fe:a9fe",
+      "2002:a9fe:a9fe::1",
+      "::a9fe:a9fe",
+      "fec0::1",
     ]) {
       assert.ok(isRefusedAddress(a), a);
     }

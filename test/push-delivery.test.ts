@@ -3,6 +3,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import http from "node:http";
 import type net from "node:net";
 import { after, before, describe, it } from "node:test";
+import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
 import { Code } from "@connectrpc/connect";
 import { Role, TaskState } from "../gen/agentstore/v1/a2a_task_pb.ts";
@@ -119,6 +120,8 @@ class Receiver {
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
   }
 }
+
+const timestampMs = (t: Timestamp | undefined) => (t === undefined ? Number.NaN : timestampDate(t).getTime());
 
 const newId = (prefix: string) => `${prefix}-${randomUUID()}`;
 
@@ -328,11 +331,17 @@ for (const backend of await backends()) {
       const config = await addConfig(t, taskId, `http://127.0.0.1:${port}/late`);
       await publish(t, taskId, ["p", "q"]);
       await eventually(async () => {
-        const [head] = await deliveries(t, taskId, config.id);
+        const [head, follower] = await deliveries(t, taskId, config.id);
         assert.ok((head?.attempts ?? 0) >= 2, "retried at least once");
         assert.equal(head?.state, PushDeliveryState.PENDING);
         assert.match(head?.lastError ?? "", /ECONNREFUSED/);
         assert.equal(head?.lastStatusCode, 0);
+        // The follower waits for the head's retry: not due before it.
+        assert.equal(follower?.attempts, 0);
+        assert.ok(
+          timestampMs(follower?.nextAttemptTime) >= timestampMs(head?.nextAttemptTime),
+          "the follower is not due before the head's retry",
+        );
       }, WAIT_MS);
       try {
         await late.listen(port);

@@ -102,6 +102,12 @@ function isTaskNotFound(err: unknown): boolean {
   return err.findDetails(ErrorInfoSchema).some((info) => info.reason === "A2A_TASK_NOT_FOUND");
 }
 
+/** How long a push config given with message/send waits for its task's first save. */
+const PENDING_CONFIG_TTL_MS = 10 * 60_000;
+
+const pendingKey = (context: ServerCallContext | undefined, taskId: string) =>
+  `${context?.tenant ?? ""}\u0000${context?.user?.userName ?? ""}\u0000${taskId}`;
+
 /**
  * What the three parts share on one replica: the publish bookkeeping of the event-bus manager that
  * the task store reads, and the snapshot seqs that the task store's loads hand to resubscribes.
@@ -118,18 +124,36 @@ class Coordination {
    * saves them first). They are created by the task's first save, in its transaction, so that
    * the save itself is delivered to them.
    */
-  readonly pendingConfigs: Map<string, SdkTaskPushNotificationConfig[]> = new Map();
+  readonly pendingConfigs: Map<string, { configs: SdkTaskPushNotificationConfig[]; timer: NodeJS.Timeout }> =
+    new Map();
 
-  holdConfig(taskId: string, config: SdkTaskPushNotificationConfig): void {
-    const held = (this.pendingConfigs.get(taskId) ?? []).filter((c) => c.id !== config.id);
-    held.push(config);
-    this.pendingConfigs.set(taskId, held);
+  /**
+   * Holds a config for the task's first save, by tenant (the SDK's, as the event buses are) and
+   * task: another tenant's task of the same id never takes it. A task that is never saved (its
+   * executor failed first) drops its configs after PENDING_CONFIG_TTL_MS.
+   */
+  holdConfig(
+    context: ServerCallContext | undefined,
+    taskId: string,
+    config: SdkTaskPushNotificationConfig,
+  ): void {
+    const key = pendingKey(context, taskId);
+    const entry = this.pendingConfigs.get(key);
+    if (entry !== undefined) clearTimeout(entry.timer);
+    const configs = (entry?.configs ?? []).filter((c) => c.id !== config.id);
+    configs.push(config);
+    const timer = setTimeout(() => this.pendingConfigs.delete(key), PENDING_CONFIG_TTL_MS);
+    timer.unref();
+    this.pendingConfigs.set(key, { configs, timer });
   }
 
-  takeConfigs(taskId: string): SdkTaskPushNotificationConfig[] {
-    const held = this.pendingConfigs.get(taskId) ?? [];
-    this.pendingConfigs.delete(taskId);
-    return held;
+  takeConfigs(context: ServerCallContext | undefined, taskId: string): SdkTaskPushNotificationConfig[] {
+    const key = pendingKey(context, taskId);
+    const entry = this.pendingConfigs.get(key);
+    if (entry === undefined) return [];
+    clearTimeout(entry.timer);
+    this.pendingConfigs.delete(key);
+    return entry.configs;
   }
 
   takeOwed(taskId: string): boolean {
@@ -211,14 +235,14 @@ export class AgentStoreTaskStore implements TaskStore {
     // The event-bus manager folded this update into the task with PublishTaskUpdate already: the
     // ResultManager's save of the same fold would apply it twice (an appended chunk, twice).
     if (this.#coordination?.takeOwed(task.id)) return;
-    const configs = this.#coordination?.takeConfigs(task.id) ?? [];
+    const configs = this.#coordination?.takeConfigs(context, task.id) ?? [];
     try {
       await resolve(this.#tasks, context).saveTask({
         task: taskToStore(task),
         pushConfigs: configs.map((config) => pushConfigToStore(task.id, config)),
       });
     } catch (err) {
-      for (const config of configs) this.#coordination?.holdConfig(task.id, config);
+      for (const config of configs) this.#coordination?.holdConfig(context, task.id, config);
       throw err;
     }
     this.#coordination?.saved(task.id);
@@ -296,7 +320,7 @@ export class AgentStorePushNotificationStore implements PushNotificationStore {
     } catch (err) {
       if (this.#coordination === undefined || !isTaskNotFound(err)) throw err;
       if (!config.id) config.id = randomUUID();
-      this.#coordination.holdConfig(taskId, { ...config, taskId });
+      this.#coordination.holdConfig(context, taskId, { ...config, taskId });
     }
   }
 

@@ -26,7 +26,16 @@ for (const [net, prefix] of [
 for (const [net, prefix] of [
   ["::", 128], // unspecified
   ["::1", 128], // loopback
+  // IPv6 forms that carry an IPv4 address (::ffff:a.b.c.d is matched against the IPv4 rules by
+  // BlockList itself): behind a NAT64 or a 6to4 relay they reach whatever the IPv4 address is,
+  // private and metadata addresses included.
+  ["::", 96], // IPv4-compatible (deprecated)
+  ["64:ff9b::", 96], // NAT64, well-known prefix
+  ["64:ff9b:1::", 48], // NAT64, local use
+  ["2002::", 16], // 6to4
+  ["100::", 64], // discard-only
   ["fc00::", 7], // unique local (private)
+  ["fec0::", 10], // site-local (deprecated, private)
   ["fe80::", 10], // link-local
   ["ff00::", 8], // multicast
 ] as const) {
@@ -68,6 +77,10 @@ export async function checkOutboundUrl(
   }
   const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
   if (host === "") throw refused("", "no host");
+  // They would be stored in plain text and sent as Basic auth: authentication is the place.
+  if (url.username !== "" || url.password !== "") {
+    throw refused(host, "credentials in the URL (user:password@); put them in the config's authentication");
+  }
   if (options.allowPrivate) return;
   let addresses: Array<{ address: string }>;
   if (isIP(host) !== 0) {

@@ -3,6 +3,7 @@ import { hostname } from "node:os";
 import type { Logger } from "../core/logger.ts";
 import { postJson } from "../core/outbound-http.ts";
 import type { Lookup } from "../core/outbound-url.ts";
+import { SecretError } from "../core/secrets.ts";
 import type { ChangeFeed } from "../feed/feed.ts";
 import type { A2aPushDeliveryRow } from "../store/a2a/entities.ts";
 import type { PushConfigStore } from "../store/a2a/push-configs.ts";
@@ -147,7 +148,10 @@ export class PushDeliveryWorker {
     let config: Awaited<ReturnType<PushConfigStore["forDelivery"]>>;
     try {
       config = await this.#configs.forDelivery(row.tenantId, row.taskId, row.configId);
-    } catch {
+    } catch (err) {
+      // Anything but a value that does not open (the database away, ...) leaves the delivery
+      // held: its lease runs out and it is tried again.
+      if (!(err instanceof SecretError)) throw err;
       await this.#deliveries.failed(row, this.#workerId, {
         error: "the config's token or credentials do not open under the configured keys",
         status: null,

@@ -64,7 +64,8 @@ export type PushDelivery = Message<"agentstore.v1.PushDelivery"> & {
   state: PushDeliveryState;
 
   /**
-   * POSTs begun so far (a redrive starts counting again from 0).
+   * Attempts taken so far, each a worker taking it to send (a redrive starts counting again
+   * from 0).
    *
    * @generated from field: int32 attempts = 6;
    */
@@ -93,7 +94,8 @@ export type PushDelivery = Message<"agentstore.v1.PushDelivery"> & {
   lastStatusCode: number;
 
   /**
-   * When a PENDING delivery is due next.
+   * When a PENDING delivery is due next (while an earlier delivery of its config is retried, no
+   * earlier than that retry).
    *
    * @generated from field: google.protobuf.Timestamp next_attempt_time = 10;
    */
@@ -167,7 +169,8 @@ export const PushDeliveryState = {
   /**
    * Given up: the attempts ran out, or the receiver refused it for good (a 4xx other than 408,
    * 425 and 429, a redirect, or an address outbound requests may not reach).
-   * RedrivePushDeliveries makes it PENDING again.
+   * RedrivePushDeliveries makes it PENDING again; a redriven delivery may then be sent while a
+   * later one of its config is being sent.
    *
    * @generated from enum value: PUSH_DELIVERY_STATE_DEAD = 4;
    */

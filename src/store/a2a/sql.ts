@@ -219,6 +219,10 @@ export const deliveredDelivery = statement<[tenant: string, id: string, workerId
  * Records a failed attempt, if the worker still holds the delivery: DEAD when it is permanent
  * ($6) or the attempts ran out, else PENDING after $7 ms when given (Retry-After), else after the
  * backoff min($9, $8 * 2^(attempts-1)), less up to half at random.
+ *
+ * A retried delivery's followers (the config's later PENDING ones) are made due no earlier than
+ * it: they could not go before it anyway, and due rows that cannot be taken are what every claim
+ * would otherwise read past while a receiver is down with a backlog.
  */
 export const failedDelivery = statement<
   [
@@ -234,14 +238,23 @@ export const failedDelivery = statement<
   ]
 >()({
   name: "a2a.failed_delivery",
-  text: `update a2a_push_deliveries set
-           state = case when $6::boolean or attempts >= max_attempts then 'dead' else 'pending' end,
-           next_attempt_at = case when $6::boolean or attempts >= max_attempts then next_attempt_at
-             else clock_timestamp() + make_interval(secs => coalesce($7::float8,
-               least($9::float8, $8 * power(2::float8, least(attempts - 1, 40))) * (1 - random() / 2)) / 1000.0) end,
-           last_error = $4, last_status_code = $5, worker_id = null, lease_expires_at = null, updated_at = now()
-         where tenant_id = $1 and id = $2 and worker_id = $3 and state = 'sending'
-         returning *`,
+  text: `with failed as (
+           update a2a_push_deliveries set
+             state = case when $6::boolean or attempts >= max_attempts then 'dead' else 'pending' end,
+             next_attempt_at = case when $6::boolean or attempts >= max_attempts then next_attempt_at
+               else clock_timestamp() + make_interval(secs => coalesce($7::float8,
+                 least($9::float8, $8 * power(2::float8, least(attempts - 1, 40))) * (1 - random() / 2)) / 1000.0) end,
+             last_error = $4, last_status_code = $5, worker_id = null, lease_expires_at = null, updated_at = now()
+           where tenant_id = $1 and id = $2 and worker_id = $3 and state = 'sending'
+           returning *
+         ),
+         followers as (
+           update a2a_push_deliveries f set next_attempt_at = greatest(f.next_attempt_at, r.next_attempt_at)
+           from failed r
+           where r.state = 'pending' and f.tenant_id = r.tenant_id and f.task_id = r.task_id
+             and f.config_id = r.config_id and f.seq > r.seq and f.state = 'pending'
+         )
+         select * from failed`,
   row: delivery,
 });
 
