@@ -1,13 +1,17 @@
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
+import type { TaskPushNotificationConfig } from "../../gen/agentstore/v1/a2a_task_pb.ts";
 import type { Logger } from "../core/logger.ts";
 import { postJson } from "../core/outbound-http.ts";
 import type { Lookup } from "../core/outbound-url.ts";
 import { SecretError } from "../core/secrets.ts";
 import type { ChangeFeed } from "../feed/feed.ts";
-import type { A2aPushDeliveryRow } from "../store/a2a/entities.ts";
 import type { PushConfigStore } from "../store/a2a/push-configs.ts";
-import { PUSH_DELIVERY_CHANNEL, type PushDeliveryStore } from "../store/a2a/push-deliveries.ts";
+import {
+  type ClaimedDelivery,
+  PUSH_DELIVERY_CHANNEL,
+  type PushDeliveryStore,
+} from "../store/a2a/push-deliveries.ts";
 
 /** Answer bytes a receiver may send back; only its status matters. */
 const MAX_RESPONSE_BYTES = 64 * 1024;
@@ -127,8 +131,9 @@ export class PushDeliveryWorker {
     });
   }
 
-  #send(row: A2aPushDeliveryRow): void {
-    const sending = this.#deliver(row)
+  #send(claimed: ClaimedDelivery): void {
+    const row = claimed.delivery;
+    const sending = this.#deliver(claimed)
       .catch((err: unknown) => {
         // The outcome could not be recorded (the database away): the lease runs out and the
         // delivery is sent again.
@@ -144,27 +149,24 @@ export class PushDeliveryWorker {
     this.#inFlight.add(sending);
   }
 
-  async #deliver(row: A2aPushDeliveryRow): Promise<void> {
-    let config: Awaited<ReturnType<PushConfigStore["forDelivery"]>>;
-    try {
-      config = await this.#configs.forDelivery(row.tenantId, row.taskId, row.configId);
-    } catch (err) {
-      // Anything but a value that does not open (the database away, ...) leaves the delivery
-      // held: its lease runs out and it is tried again.
-      if (!(err instanceof SecretError)) throw err;
+  async #deliver({ delivery: row, config: sealed, body }: ClaimedDelivery): Promise<void> {
+    if (sealed === null || body === null) {
+      // Deleted meanwhile (its deliveries are deleted with it): nothing is left to record.
       await this.#deliveries.failed(row, this.#workerId, {
-        error: "the config's token or credentials do not open under the configured keys",
+        error: "the task or the config is gone",
         status: null,
         permanent: true,
         retryDelayMs: null,
       });
       return;
     }
-    const body = config === null ? null : await this.#deliveries.payload(row);
-    if (config === null || body === null) {
-      // Deleted meanwhile (its deliveries are deleted with it): nothing is left to record.
+    let config: TaskPushNotificationConfig;
+    try {
+      config = this.#configs.open(sealed);
+    } catch (err) {
+      if (!(err instanceof SecretError)) throw err;
       await this.#deliveries.failed(row, this.#workerId, {
-        error: "the task or the config is gone",
+        error: "the config's token or credentials do not open under the configured keys",
         status: null,
         permanent: true,
         retryDelayMs: null,

@@ -94,8 +94,8 @@ export type PushDelivery = Message<"agentstore.v1.PushDelivery"> & {
   lastStatusCode: number;
 
   /**
-   * When a PENDING delivery is due next (while an earlier delivery of its config is retried, no
-   * earlier than that retry).
+   * When a PENDING delivery is due next; unset while it waits for an earlier delivery of its
+   * config to be DELIVERED or DEAD.
    *
    * @generated from field: google.protobuf.Timestamp next_attempt_time = 10;
    */

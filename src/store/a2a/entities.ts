@@ -154,7 +154,12 @@ export const A2aPushDeliveryEntity = defineEntity({
     maxAttempts: p.integer(),
     lastError: p.text().nullable(),
     lastStatusCode: p.integer().nullable(),
-    nextAttemptAt: p.datetime(3),
+    /**
+     * When a PENDING delivery may be taken; null while an earlier delivery of its config is not
+     * finished (the one that finishes it sets the next one's time), so that claims never read
+     * past a config's queued deliveries.
+     */
+    nextAttemptAt: p.datetime(3).nullable(),
     workerId: p.text().nullable(),
     leaseExpiresAt: p.datetime(3).nullable(),
     createdAt: p.datetime(3).defaultRaw("current_timestamp(3)"),

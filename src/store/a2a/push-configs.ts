@@ -17,6 +17,7 @@ import {
   A2aTaskEntity,
 } from "./entities.ts";
 import { a2aTaskNotFound } from "./model.ts";
+import type { DeliveryConfigRow } from "./push-deliveries.ts";
 import { shareTask } from "./sql.ts";
 import { live } from "./tasks.ts";
 
@@ -185,10 +186,9 @@ export class PushConfigStore {
     });
   }
 
-  /** A config as a delivery sends to it (token and credentials opened); null when it is gone. */
-  async forDelivery(tenant: string, taskId: string, id: string): Promise<TaskPushNotificationConfig | null> {
-    const row = await this.#db.orm.em.fork().findOne(A2aPushConfigEntity, { tenantId: tenant, taskId, id });
-    return row === null ? null : this.#toProto(row);
+  /** A config row as a delivery sends to it: token and credentials opened (SecretError if not). */
+  open(row: DeliveryConfigRow): TaskPushNotificationConfig {
+    return this.#toProto(row);
   }
 
   async #requireLiveTask(tenant: string, taskId: string): Promise<void> {

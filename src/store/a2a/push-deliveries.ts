@@ -11,10 +11,10 @@ import type { Database } from "../../db/database.ts";
 import type { Tx, UnitOfWork } from "../../db/unit-of-work.ts";
 import {
   A2aPushConfigEntity,
+  type A2aPushConfigRow,
   A2aPushDeliveryEntity,
   type A2aPushDeliveryRow,
   A2aTaskEntity,
-  A2aTaskUpdateEntity,
 } from "./entities.ts";
 import { a2aTaskNotFound } from "./model.ts";
 import { pushConfigNotFound } from "./push-configs.ts";
@@ -23,6 +23,8 @@ import {
   deliveredDelivery,
   failedDelivery,
   insertDeliveries,
+  lockConfig,
+  lockTaskConfigs,
   nextDeliveryDue,
   redriveDeliveries,
 } from "./sql.ts";
@@ -61,11 +63,36 @@ export function deliveryToProto(row: A2aPushDeliveryRow): PushDelivery {
     maxAttempts: row.maxAttempts,
     lastError: row.lastError ?? "",
     lastStatusCode: row.lastStatusCode ?? 0,
-    nextAttemptTime: row.state === "pending" ? timestampFromDate(row.nextAttemptAt) : undefined,
+    nextAttemptTime:
+      row.state === "pending" && row.nextAttemptAt != null ? timestampFromDate(row.nextAttemptAt) : undefined,
     createTime: timestampFromDate(row.createdAt),
     deliverTime: row.deliveredAt == null ? undefined : timestampFromDate(row.deliveredAt),
     updateTime: timestampFromDate(row.updatedAt),
   });
+}
+
+/** A config's row as a claim reads it (token and credentials still sealed). */
+export type DeliveryConfigRow = Pick<
+  A2aPushConfigRow,
+  "tenantId" | "taskId" | "id" | "url" | "token" | "scheme" | "credentials"
+>;
+
+export interface ClaimedDelivery {
+  delivery: A2aPushDeliveryRow;
+  /** null: the task, the update or the config is gone. */
+  config: DeliveryConfigRow | null;
+  body: string | null;
+}
+
+/** A stored log entry as A2A v1.0's StreamResponse: the event only, the seq travels in a header. */
+function streamResponseJson(body: Uint8Array): string {
+  const json = toJson(
+    StreamTaskUpdatesResponseSchema,
+    fromBinary(StreamTaskUpdatesResponseSchema, body),
+  ) as Record<string, unknown>;
+  delete json.seq;
+  delete json.generation;
+  return JSON.stringify(json);
 }
 
 export interface PushDeliveryOptions {
@@ -94,6 +121,9 @@ export class PushDeliveryStore {
 
   /** In the update's transaction, under the task's row lock: a delivery per config and seq. */
   async record(tx: Tx, tenant: string, taskId: string, firstSeq: number, lastSeq: number): Promise<void> {
+    // Before the statement that makes the deliveries: it then sees every delivery finished.
+    const configs = await tx.sql.all(lockTaskConfigs, tenant, taskId);
+    if (configs.length === 0) return;
     const made = await tx.sql.first(
       insertDeliveries,
       tenant,
@@ -150,10 +180,32 @@ export class PushDeliveryStore {
     });
   }
 
-  /** Takes up to `limit` due deliveries for a worker, across tenants. */
-  async claim(limit: number, workerId: string, leaseMs: number): Promise<A2aPushDeliveryRow[]> {
+  /**
+   * Takes up to `limit` due deliveries for a worker, across tenants, each with what sending it
+   * needs (one statement): its config's row, and its body as an A2A v1.0 StreamResponse (JSON),
+   * or null when the task, the update or the config is gone (deleted, expired).
+   */
+  async claim(limit: number, workerId: string, leaseMs: number): Promise<ClaimedDelivery[]> {
     const rows = await this.#uow.run(null, (tx) => tx.sql.all(claimDeliveries, limit, workerId, leaseMs));
-    return rows.map((r) => r.delivery);
+    return rows.map((r) => {
+      const d = r.delivery;
+      const gone = !r.taskLive || r.updateBody === null || r.configUrl === null;
+      return {
+        delivery: d,
+        config: gone
+          ? null
+          : {
+              tenantId: d.tenantId,
+              taskId: d.taskId,
+              id: d.configId,
+              url: r.configUrl ?? "",
+              token: r.configToken,
+              scheme: r.configScheme,
+              credentials: r.configCredentials,
+            },
+        body: gone || r.updateBody === null ? null : streamResponseJson(r.updateBody),
+      };
+    });
   }
 
   /** When a delivery falls due next (a retry, or a dead sender's lease); null: none waits. */
@@ -161,39 +213,14 @@ export class PushDeliveryStore {
     return (await this.#db.sql.first(nextDeliveryDue))?.due ?? null;
   }
 
-  /**
-   * What a delivery sends: the update as an A2A v1.0 StreamResponse (JSON), or null when the
-   * task or the update is gone (deleted, expired: its deliveries go with it).
-   */
-  async payload(row: A2aPushDeliveryRow): Promise<string | null> {
-    const em = this.#db.orm.em.fork();
-    const task = await em.findOne(A2aTaskEntity, { tenantId: row.tenantId, id: row.taskId });
-    if (task === null || !live(task, new Date())) return null;
-    const update = await em.findOne(A2aTaskUpdateEntity, {
-      tenantId: row.tenantId,
-      taskId: row.taskId,
-      seq: row.seq,
-    });
-    if (update === null) return null;
-    const json = toJson(
-      StreamTaskUpdatesResponseSchema,
-      fromBinary(StreamTaskUpdatesResponseSchema, update.body),
-    ) as Record<string, unknown>;
-    // A StreamResponse holds the event only; the seq travels in a header.
-    delete json.seq;
-    delete json.generation;
-    return JSON.stringify(json);
-  }
-
   /** Records a 2xx answer; false when the worker no longer held the delivery. */
   async delivered(row: A2aPushDeliveryRow, workerId: string, status: number): Promise<boolean> {
+    // No feed change: the config's next delivery may go now, and the worker that settled this one
+    // looks at once (a replica whose workers are all busy leaves it to the others' next look).
     const done = await this.#uow.run(row.tenantId, async (tx) => {
-      const settled = await tx.sql.first(deliveredDelivery, row.tenantId, row.id, workerId, status);
-      // The config's next delivery may go now.
-      if (settled !== undefined) {
-        tx.publish({ channel: PUSH_DELIVERY_CHANNEL, tenant: row.tenantId, key: row.taskId, seq: row.seq });
-      }
-      return settled;
+      // Before the statement that makes the next one due: it then sees every delivery made.
+      await tx.sql.all(lockConfig, row.tenantId, row.taskId, row.configId);
+      return tx.sql.first(deliveredDelivery, row.tenantId, row.id, workerId, status);
     });
     return done !== undefined;
   }
@@ -205,6 +232,7 @@ export class PushDeliveryStore {
     failure: { error: string; status: number | null; permanent: boolean; retryDelayMs: number | null },
   ): Promise<A2aPushDeliveryRow | undefined> {
     return this.#uow.run(row.tenantId, async (tx) => {
+      await tx.sql.all(lockConfig, row.tenantId, row.taskId, row.configId);
       const settled = await tx.sql.first(
         failedDelivery,
         row.tenantId,
@@ -217,9 +245,6 @@ export class PushDeliveryStore {
         this.#options.backoffInitialMs,
         this.#options.backoffMaxMs,
       );
-      if (settled?.delivery.state === "dead") {
-        tx.publish({ channel: PUSH_DELIVERY_CHANNEL, tenant: row.tenantId, key: row.taskId, seq: row.seq });
-      }
       return settled?.delivery;
     });
   }

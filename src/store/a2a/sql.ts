@@ -141,9 +141,32 @@ export const conversationStats = statement<[tenant: string, now: Date]>()({
 const delivery = { delivery: col.entity(A2aPushDeliveryEntity) };
 
 /**
+ * Locks the push configs of a task (FOR NO KEY UPDATE), in the transaction of an update of it
+ * before its deliveries are made, and in the transaction that finishes a delivery before the
+ * config's next one is made due: the two then see each other's rows (see insertDeliveries).
+ */
+export const lockTaskConfigs = statement<[tenant: string, taskId: string]>()({
+  name: "a2a.lock_task_configs",
+  text: `select id from a2a_push_configs where tenant_id = $1 and task_id = $2
+         order by id for no key update`,
+  row: { id: col.text("id") },
+});
+
+/** Locks one push config (see lockTaskConfigs). */
+export const lockConfig = statement<[tenant: string, taskId: string, id: string]>()({
+  name: "a2a.lock_config",
+  text: "select id from a2a_push_configs where tenant_id = $1 and task_id = $2 and id = $3 for no key update",
+  row: { id: col.text("id") },
+});
+
+/**
  * One delivery per push config of the task and per seq from $3 to $4: called in the transaction
  * that appended those seqs, under the task's row lock (config writes share-lock the row, so the
- * set of configs cannot change meanwhile). Answers how many it made.
+ * set of configs cannot change meanwhile) and the configs' locks (lockTaskConfigs, taken in an
+ * earlier statement, so that this one's snapshot holds every delivery finished before). A
+ * config's first new delivery is due now when none of its deliveries is PENDING or SENDING;
+ * every other waits (next_attempt_at null) for the one before it to finish. Answers how many it
+ * made.
  */
 export const insertDeliveries = statement<
   [tenant: string, taskId: string, firstSeq: number, lastSeq: number, maxAttempts: number]
@@ -152,7 +175,12 @@ export const insertDeliveries = statement<
   text: `with made as (
            insert into a2a_push_deliveries (tenant_id, id, task_id, config_id, seq, state, attempts, max_attempts,
              next_attempt_at, created_at, updated_at)
-           select $1, gen_random_uuid(), $2, c.id, s.seq, 'pending', 0, $5, now(), now(), now()
+           select $1, gen_random_uuid(), $2, c.id, s.seq, 'pending', 0, $5,
+             case when s.seq = $3 and not exists (
+                 select 1 from a2a_push_deliveries e
+                 where e.tenant_id = $1 and e.task_id = $2 and e.config_id = c.id and e.state in ('pending', 'sending'))
+               then now() end,
+             now(), now()
            from a2a_push_configs c cross join generate_series($3::int8, $4::int8) as s(seq)
            where c.tenant_id = $1 and c.task_id = $2
            returning 1
@@ -168,11 +196,15 @@ export const insertDeliveries = statement<
  * one config's deliveries go out one at a time in seq order. SKIP LOCKED keeps two replicas
  * from taking one delivery; a row another replica took and committed meanwhile is re-checked
  * against the state condition and skipped.
+ *
+ * Each row comes with what sending it needs, from the same statement: its config (url, sealed
+ * token and credentials; null when the config is gone), the update's stored body, and whether
+ * the task is live (null: gone).
  */
 export const claimDeliveries = statement<[limit: number, workerId: string, leaseMs: number]>()({
   name: "a2a.claim_deliveries",
   text: `with picked as (
-           select d.tenant_id, d.id from a2a_push_deliveries d
+           select d.tenant_id, d.id, d.task_id, d.config_id, d.seq from a2a_push_deliveries d
            where ((d.state = 'pending' and d.next_attempt_at <= clock_timestamp())
                or (d.state = 'sending' and d.lease_expires_at <= clock_timestamp()))
              and not exists (
@@ -185,9 +217,24 @@ export const claimDeliveries = statement<[limit: number, workerId: string, lease
          )
          update a2a_push_deliveries d set state = 'sending', worker_id = $2, attempts = d.attempts + 1,
            lease_expires_at = clock_timestamp() + make_interval(secs => $3 / 1000.0), updated_at = now()
-         from picked p where d.tenant_id = p.tenant_id and d.id = p.id
-         returning d.*`,
-  row: delivery,
+         from picked p
+           left join a2a_push_configs c
+             on c.tenant_id = p.tenant_id and c.task_id = p.task_id and c.id = p.config_id
+           left join a2a_tasks t on t.tenant_id = p.tenant_id and t.id = p.task_id and t.generation > 0
+           left join a2a_task_updates u on u.tenant_id = p.tenant_id and u.task_id = p.task_id and u.seq = p.seq
+         where d.tenant_id = p.tenant_id and d.id = p.id
+         returning d.*, c.url as config_url, c.token as config_token, c.scheme as config_scheme,
+           c.credentials as config_credentials, u.body as update_body,
+           (t.expires_at is null or t.expires_at > clock_timestamp()) and t.id is not null as task_live`,
+  row: {
+    ...delivery,
+    configUrl: col.textOrNull("config_url"),
+    configToken: col.textOrNull("config_token"),
+    configScheme: col.textOrNull("config_scheme"),
+    configCredentials: col.textOrNull("config_credentials"),
+    updateBody: col.bytesOrNull("update_body"),
+    taskLive: col.boolean("task_live"),
+  },
 });
 
 /**
@@ -205,24 +252,39 @@ export const nextDeliveryDue = statement<[]>()({
   row: { due: col.timestampOrNull("due") },
 });
 
-/** Records a 2xx answer, if the worker still holds the delivery. */
+/**
+ * What finishing a delivery does to its config's queue: the earliest waiting delivery (next
+ * attempt null) after it becomes due now. Run after lockConfig, in a statement of its own.
+ */
+const promoteNext = `promoted as (
+           update a2a_push_deliveries n set next_attempt_at = now()
+           from done
+           where n.tenant_id = done.tenant_id and n.task_id = done.task_id and n.config_id = done.config_id
+             and n.state = 'pending' and n.next_attempt_at is null
+             and n.seq = (select min(w.seq) from a2a_push_deliveries w
+                          where w.tenant_id = done.tenant_id and w.task_id = done.task_id
+                            and w.config_id = done.config_id and w.state = 'pending' and w.next_attempt_at is null)
+         )`;
+
+/** Records a 2xx answer, if the worker still holds the delivery, and lets the next one go. */
 export const deliveredDelivery = statement<[tenant: string, id: string, workerId: string, status: number]>()({
   name: "a2a.delivered_delivery",
-  text: `update a2a_push_deliveries set state = 'delivered', delivered_at = now(), last_status_code = $4,
-           last_error = null, worker_id = null, lease_expires_at = null, updated_at = now()
-         where tenant_id = $1 and id = $2 and worker_id = $3 and state = 'sending'
-         returning *`,
+  text: `with done as (
+           update a2a_push_deliveries set state = 'delivered', delivered_at = now(), last_status_code = $4,
+             last_error = null, worker_id = null, lease_expires_at = null, updated_at = now()
+           where tenant_id = $1 and id = $2 and worker_id = $3 and state = 'sending'
+           returning *
+         ),
+         ${promoteNext}
+         select * from done`,
   row: delivery,
 });
 
 /**
  * Records a failed attempt, if the worker still holds the delivery: DEAD when it is permanent
- * ($6) or the attempts ran out, else PENDING after $7 ms when given (Retry-After), else after the
- * backoff min($9, $8 * 2^(attempts-1)), less up to half at random.
- *
- * A retried delivery's followers (the config's later PENDING ones) are made due no earlier than
- * it: they could not go before it anyway, and due rows that cannot be taken are what every claim
- * would otherwise read past while a receiver is down with a backlog.
+ * ($6) or the attempts ran out (and the config's next delivery goes), else PENDING after $7 ms
+ * when given (Retry-After), else after the backoff min($9, $8 * 2^(attempts-1)), less up to half
+ * at random (the later ones keep waiting for it).
  */
 export const failedDelivery = statement<
   [
@@ -248,12 +310,8 @@ export const failedDelivery = statement<
            where tenant_id = $1 and id = $2 and worker_id = $3 and state = 'sending'
            returning *
          ),
-         followers as (
-           update a2a_push_deliveries f set next_attempt_at = greatest(f.next_attempt_at, r.next_attempt_at)
-           from failed r
-           where r.state = 'pending' and f.tenant_id = r.tenant_id and f.task_id = r.task_id
-             and f.config_id = r.config_id and f.seq > r.seq and f.state = 'pending'
-         )
+         done as (select * from failed where state = 'dead'),
+         ${promoteNext}
          select * from failed`,
   row: delivery,
 });
