@@ -196,7 +196,11 @@ const stateCounts = (list: Array<{ state: PushDeliveryState }>) => {
 /** The first time each seq arrived, in arrival order: what an ordered receiver acts on. */
 const firstArrivals = (seqs: number[]) => seqs.filter((seq, i) => seqs.indexOf(seq) === i);
 
-for (const backend of await backends()) {
+// Awaited once, before any suite is declared: under `node --test`, suites declared after an await
+// that follows a finished suite may never run.
+const BACKENDS = await backends();
+
+for (const backend of BACKENDS) {
   describe(`push delivery on ${backend.name}`, { skip: backend.skip }, () => {
     let db: TestDatabase;
     let server: TestServer;
@@ -596,6 +600,49 @@ for (const backend of await backends()) {
         }
       });
     }
+  });
+}
+
+for (const backend of BACKENDS) {
+  describe(`push delivery retention on ${backend.name}`, { skip: backend.skip }, () => {
+    let db: TestDatabase;
+    let server: TestServer;
+    let alpha: ReturnType<typeof serviceClient<typeof TaskService>>;
+    let receiver: Receiver;
+    before(async () => {
+      db = await backend.create();
+      server = await startServer(db, {
+        ...BASE_ENV,
+        AGENTSTORE_PUSH_DELIVERED_RETENTION_MS: "300",
+        AGENTSTORE_TASK_SWEEP_MS: "100",
+      });
+      alpha = serviceClient(TaskService, server.url, KEYS.alpha);
+      receiver = await new Receiver().listen();
+    });
+    after(async () => {
+      alpha?.close();
+      await server?.close();
+      await receiver?.close();
+      await db?.drop();
+    });
+
+    it("DELIVERED deliveries leave the history after the retention; DEAD ones stay", async () => {
+      const t = alpha.client;
+      const taskId = await newTask(t);
+      receiver.answer = (r) => (r.path === "/refused" ? 400 : 200);
+      const ok = await addConfig(t, taskId, receiver.url("/ok"));
+      const refused = await addConfig(t, taskId, receiver.url("/refused"));
+      await publish(t, taskId, ["a", "b", "c"]);
+      await eventually(() => assert.deepEqual(receiver.seqs("/ok"), [2, 3, 4]), WAIT_MS);
+      await eventually(async () => assert.deepEqual(await deliveries(t, taskId, ok.id), []), WAIT_MS);
+      await eventually(
+        async () => assert.deepEqual(stateCounts(await deliveries(t, taskId, refused.id)), { DEAD: 3 }),
+        WAIT_MS,
+      );
+      // The queue still works after its history is gone.
+      await publish(t, taskId, ["d"]);
+      await eventually(() => assert.deepEqual(receiver.seqs("/ok"), [2, 3, 4, 5]), WAIT_MS);
+    });
   });
 }
 

@@ -87,6 +87,13 @@ export const tasksSettings = {
     schema: positiveInt,
     fallback: "300000",
   }),
+  pushDeliveredRetentionMs: setting({
+    env: "AGENTSTORE_PUSH_DELIVERED_RETENTION_MS",
+    flag: "push-delivered-retention-ms",
+    help: "how long a DELIVERED push delivery stays in its config's history; 0 keeps it until its config or task goes",
+    schema: nonNegativeInt,
+    fallback: String(7 * 24 * 3600 * 1000),
+  }),
   pushConcurrency: setting({
     env: "AGENTSTORE_PUSH_CONCURRENCY",
     flag: "push-concurrency",
@@ -102,6 +109,8 @@ export interface PushDeliveryConfig {
   backoffInitialMs: number;
   backoffMaxMs: number;
   concurrency: number;
+  /** null: DELIVERED rows stay until their config or task goes. */
+  deliveredRetentionMs: number | null;
 }
 
 export interface TasksConfig {
@@ -142,6 +151,7 @@ export function tasksConfig(values: GroupValues<typeof tasksSettings>, problems:
           backoffInitialMs: values.pushBackoffInitialMs,
           backoffMaxMs: Math.max(values.pushBackoffMaxMs, values.pushBackoffInitialMs),
           concurrency: values.pushConcurrency,
+          deliveredRetentionMs: zeroIsNone(values.pushDeliveredRetentionMs),
         }
       : null,
   };

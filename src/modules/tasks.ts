@@ -28,8 +28,10 @@ const UPDATE_BUFFER_BYTES = 4 * 1024 * 1024;
 
 /**
  * TaskService: A2A tasks with their update logs (StreamTaskUpdates through a LogHub, as run
- * events), GetTask's long poll, and conversations. Each replica runs one background loop, the
- * sweeper that deletes expired tasks and idle conversations (reads hide them from their expiry on).
+ * events), GetTask's long poll, conversations and push delivery. Each replica runs the sweeper
+ * that deletes expired tasks, idle conversations and delivered pushes past their retention (reads
+ * hide expired tasks and conversations from their expiry on), and, with push delivery on, the
+ * push sender.
  */
 export const tasksModule: Module = {
   name: "tasks",
@@ -75,6 +77,8 @@ export const tasksModule: Module = {
       async () => {
         await tasks.sweepExpired();
         await conversations.sweepExpired();
+        const retention = delivery?.deliveredRetentionMs ?? null;
+        if (retention !== null) await deliveries?.sweepDelivered(retention);
       },
       logger,
     );

@@ -177,6 +177,12 @@ export const A2aPushDeliveryEntity = defineEntity({
         "create index a2a_push_deliveries_due_idx on a2a_push_deliveries (next_attempt_at) where state = 'pending'",
     },
     {
+      // The retention sweep of DELIVERED rows.
+      name: "a2a_push_deliveries_delivered_idx",
+      expression:
+        "create index a2a_push_deliveries_delivered_idx on a2a_push_deliveries (delivered_at) where state = 'delivered'",
+    },
+    {
       // Deliveries whose sender died: their lease runs out.
       name: "a2a_push_deliveries_lease_idx",
       expression:

@@ -27,6 +27,7 @@ import {
   lockTaskConfigs,
   nextDeliveryDue,
   redriveDeliveries,
+  sweepDelivered,
 } from "./sql.ts";
 import { live } from "./tasks.ts";
 
@@ -40,6 +41,9 @@ const DELIVERY_LIST: ListSpec<string[]> = {
   maxSize: 500,
   isPosition: isStringTuple(1),
 };
+
+/** Rows one retention sweep statement deletes. */
+const SWEEP_BATCH = 500;
 
 /** Dead deliveries one redrive without ids takes. */
 const REDRIVE_LIMIT = 1000;
@@ -206,6 +210,17 @@ export class PushDeliveryStore {
         body: gone || r.updateBody === null ? null : streamResponseJson(r.updateBody),
       };
     });
+  }
+
+  /** Deletes DELIVERED deliveries older than the retention, in batches; returns how many. */
+  async sweepDelivered(retentionMs: number): Promise<number> {
+    let swept = 0;
+    for (;;) {
+      const before = new Date(Date.now() - retentionMs);
+      const rows = await this.#uow.run(null, (tx) => tx.sql.all(sweepDelivered, before, SWEEP_BATCH));
+      swept += rows.length;
+      if (rows.length < SWEEP_BATCH) return swept;
+    }
   }
 
   /** When a delivery falls due next (a retry, or a dead sender's lease); null: none waits. */

@@ -333,3 +333,17 @@ export const redriveDeliveries = statement<
          returning d.*`,
   row: delivery,
 });
+
+/** Deletes up to $2 DELIVERED deliveries delivered before $1 (the retention), across tenants. */
+export const sweepDelivered = statement<[before: Date, limit: number]>()({
+  name: "a2a.sweep_delivered",
+  text: `delete from a2a_push_deliveries d using (
+           select tenant_id, id from a2a_push_deliveries
+           where state = 'delivered' and delivered_at < $1::timestamptz
+           order by delivered_at limit $2
+           for update skip locked
+         ) old
+         where d.tenant_id = old.tenant_id and d.id = old.id
+         returning d.tenant_id`,
+  row: { tenantId: col.text("tenant_id") },
+});

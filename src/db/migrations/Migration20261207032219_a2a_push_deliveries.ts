@@ -1,7 +1,7 @@
 import { Migration } from "@mikro-orm/migrations";
 
-export class Migration20261207030043_a2a_push_deliveries extends Migration {
-  override name = "Migration20261207030043_a2a_push_deliveries";
+export class Migration20261207032219_a2a_push_deliveries extends Migration {
+  override name = "Migration20261207032219_a2a_push_deliveries";
 
   override up(): void | Promise<void> {
     this.addSql(
@@ -9,6 +9,9 @@ export class Migration20261207030043_a2a_push_deliveries extends Migration {
     );
     this.addSql(
       `create index a2a_push_deliveries_due_idx on a2a_push_deliveries (next_attempt_at) where state = 'pending';`,
+    );
+    this.addSql(
+      `create index a2a_push_deliveries_delivered_idx on a2a_push_deliveries (delivered_at) where state = 'delivered';`,
     );
     this.addSql(
       `create index a2a_push_deliveries_lease_idx on a2a_push_deliveries (lease_expires_at) where state = 'sending';`,
