@@ -29,7 +29,16 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { type AgentStoreClient, createClient, TaskState } from "../src/client/index.ts";
 import { cpuCells, cpuWindow } from "./cpu.ts";
-import { commandLine, describe, MAX_LOG_LINES, postgresVersion, sh, watchServer } from "./report.ts";
+import {
+  commandLine,
+  databasesOption,
+  describe,
+  MAX_LOG_LINES,
+  positiveOption,
+  postgresVersion,
+  sh,
+  watchServer,
+} from "./report.ts";
 import {
   type BenchBackend,
   benchDatabase,
@@ -65,14 +74,8 @@ if (args.help) {
   console.log(USAGE);
   process.exit(0);
 }
-const positive = (name: string, value: string | undefined): number => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) {
-    console.error(`--${name} must be a positive integer, not ${value}\n\n${USAGE}`);
-    process.exit(2);
-  }
-  return n;
-};
+const positive = positiveOption(USAGE);
+const DATABASES = databasesOption(args.db, USAGE);
 const TASKS = positive("tasks", args.tasks);
 const UPDATES = positive("updates", args.updates);
 const CLIENTS = positive("clients", args.clients);
@@ -305,9 +308,8 @@ async function bench(backend: BenchBackend): Promise<string> {
 
 const loadAtStart = loadavg();
 const started = performance.now();
-const wanted: BenchBackend[] = args.db === "both" ? ["pglite", "postgres"] : [args.db as BenchBackend];
 const sections: string[] = [];
-for (const backend of wanted) {
+for (const backend of DATABASES) {
   if (backend === "postgres" && !(await postgresReachable(ADMIN_URL))) {
     sections.push(`## postgres\n\nSkipped: PostgreSQL at ${ADMIN_URL} is unreachable.\n`);
     continue;

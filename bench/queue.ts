@@ -39,7 +39,16 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { QueueService } from "../gen/agentstore/v1/queue_service_pb.ts";
 import type { QueueTask } from "../gen/agentstore/v1/queue_task_pb.ts";
 import { type CpuShare, cpuCells, cpuWindow } from "./cpu.ts";
-import { commandLine, describe, MAX_LOG_LINES, postgresVersion, sh, watchServer } from "./report.ts";
+import {
+  commandLine,
+  databasesOption,
+  describe,
+  MAX_LOG_LINES,
+  positiveOption,
+  postgresVersion,
+  sh,
+  watchServer,
+} from "./report.ts";
 import {
   type BenchBackend,
   type BenchServer,
@@ -84,14 +93,8 @@ if (args.help) {
   console.log(USAGE);
   process.exit(0);
 }
-const positive = (name: string, value: string | undefined): number => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) {
-    console.error(`--${name} must be a positive integer, not ${value}\n\n${USAGE}`);
-    process.exit(2);
-  }
-  return n;
-};
+const positive = positiveOption(USAGE);
+const DATABASES = databasesOption(args.db, USAGE);
 const TASKS = positive("tasks", args.tasks);
 const BATCHED_TASKS = positive("batched-tasks", args["batched-tasks"]);
 const WORKERS = positive("workers", args.workers);
@@ -99,10 +102,6 @@ const SAMPLES = positive("samples", args.samples);
 const ENQUEUE_BATCH = Math.min(1000, positive("enqueue-batch", args["enqueue-batch"]));
 const CLAIM_BATCH = Math.min(100, positive("claim-batch", args["claim-batch"]));
 const ADMIN_URL = args["admin-url"] ?? DEFAULT_ADMIN_URL;
-if (!["pglite", "postgres", "both"].includes(args.db ?? "")) {
-  console.error(`--db must be pglite, postgres or both, not ${args.db}\n\n${USAGE}`);
-  process.exit(2);
-}
 const WARMUP = 20;
 /** Longer than any phase takes, so that no lease runs out and no task is claimed twice. */
 const LEASE = durationFromMs(600_000);
@@ -529,9 +528,8 @@ if (args.peers) {
     "--peers: peer queues (graphile-worker, pg-boss) are a later issue; measuring agentstore only.",
   );
 }
-const wanted: BenchBackend[] = args.db === "both" ? ["pglite", "postgres"] : [args.db as BenchBackend];
 const sections: string[] = [];
-for (const backend of wanted) {
+for (const backend of DATABASES) {
   if (backend === "postgres" && !(await postgresReachable(ADMIN_URL))) {
     console.log(`PostgreSQL at ${ADMIN_URL} is unreachable: skipped`);
     sections.push(`## postgres\n\nSkipped: PostgreSQL at ${ADMIN_URL} is unreachable.\n`);

@@ -6,7 +6,8 @@
 import { execFileSync } from "node:child_process";
 import { ConnectError } from "@connectrpc/connect";
 import pg from "pg";
-import { type BenchServer, ROOT } from "./server.ts";
+import type { BenchBackend, BenchServer } from "./server.ts";
+import { ROOT } from "./server.ts";
 
 /** A command's output, or "?" when it fails (facts for the results header, never required). */
 export const sh = (cmd: string, argv: string[]): string => {
@@ -77,4 +78,24 @@ export function watchServer(server: BenchServer) {
     if (!state.stopping) state.exit = `code ${code}, signal ${signal}`;
   });
   return state;
+}
+
+/** Reads a positive integer option; a bad one prints the usage and exits 2. */
+export const positiveOption =
+  (usage: string) =>
+  (name: string, value: string | undefined): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 1) {
+      console.error(`--${name} must be a positive integer, not ${value}\n\n${usage}`);
+      process.exit(2);
+    }
+    return n;
+  };
+
+/** The databases of `--db pglite|postgres|both`; anything else prints the usage and exits 2. */
+export function databasesOption(value: string | undefined, usage: string): BenchBackend[] {
+  if (value === "both") return ["pglite", "postgres"];
+  if (value === "pglite" || value === "postgres") return [value];
+  console.error(`--db must be pglite, postgres or both, not ${value}\n\n${usage}`);
+  process.exit(2);
 }

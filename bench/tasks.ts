@@ -57,7 +57,16 @@ import {
   type TaskUpdateSchema,
 } from "../src/client/index.ts";
 import { type CpuShare, cpuCells, cpuWindow } from "./cpu.ts";
-import { commandLine, describe, MAX_LOG_LINES, postgresVersion, sh, watchServer } from "./report.ts";
+import {
+  commandLine,
+  databasesOption,
+  describe,
+  MAX_LOG_LINES,
+  positiveOption,
+  postgresVersion,
+  sh,
+  watchServer,
+} from "./report.ts";
 import {
   type BenchBackend,
   type BenchServer,
@@ -104,14 +113,8 @@ if (args.help) {
   console.log(USAGE);
   process.exit(0);
 }
-const positive = (name: string, value: string | undefined): number => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) {
-    console.error(`--${name} must be a positive integer, not ${value}\n\n${USAGE}`);
-    process.exit(2);
-  }
-  return n;
-};
+const positive = positiveOption(USAGE);
+const DATABASES = databasesOption(args.db, USAGE);
 const SAVES = positive("saves", args.saves);
 const UPDATES = positive("updates", args.updates);
 const BATCHED_UPDATES = positive("batched-updates", args["batched-updates"]);
@@ -123,10 +126,6 @@ const TASKS_PER_CLIENT = positive("tasks-per-client", args["tasks-per-client"]);
 const TASKS = Math.max(2 * CLIENTS * TASKS_PER_CLIENT, positive("tasks", args.tasks));
 const SAMPLES = positive("samples", args.samples);
 const ADMIN_URL = args["admin-url"] ?? DEFAULT_ADMIN_URL;
-if (!["pglite", "postgres", "both"].includes(args.db ?? "")) {
-  console.error(`--db must be pglite, postgres or both, not ${args.db}\n\n${USAGE}`);
-  process.exit(2);
-}
 const WARMUP = 20;
 /** Between sending a long poll and the publish that should wake it: time for it to start waiting. */
 const POLL_SETTLE_MS = 25;
@@ -873,9 +872,8 @@ async function bench(backend: BenchBackend): Promise<string> {
 const loadAtStart = loadavg();
 const uptimeAtStart = sh("uptime", []);
 const benchStarted = performance.now();
-const wanted: BenchBackend[] = args.db === "both" ? ["pglite", "postgres"] : [args.db as BenchBackend];
 const sections: string[] = [];
-for (const backend of wanted) {
+for (const backend of DATABASES) {
   if (backend === "postgres" && !(await postgresReachable(ADMIN_URL))) {
     console.log(`PostgreSQL at ${ADMIN_URL} is unreachable: skipped`);
     sections.push(`## postgres\n\nSkipped: PostgreSQL at ${ADMIN_URL} is unreachable.\n`);

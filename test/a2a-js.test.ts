@@ -1,7 +1,5 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import type {
   AgentCard,
@@ -38,6 +36,7 @@ import {
 import { type AgentStoreClient, createClient } from "../src/client/index.ts";
 import { eventually } from "./helpers/assertions.ts";
 import { type Backend, backends, type TestDatabase } from "./helpers/databases.ts";
+import { Receiver } from "./helpers/receiver.ts";
 import { startServer, type TestServer } from "./helpers/servers.ts";
 
 /**
@@ -359,36 +358,6 @@ const PUSH_ENV = {
   AGENTSTORE_PUSH_BACKOFF_MAX_MS: "200",
 };
 
-/** A local webhook: what it was sent, in arrival order. */
-async function startReceiver() {
-  const received: Array<{
-    seq: string | undefined;
-    token: string | undefined;
-    body: Record<string, unknown>;
-  }> = [];
-  const server = http.createServer((req, res) => {
-    let text = "";
-    req.on("data", (chunk) => {
-      text += chunk;
-    });
-    req.on("end", () => {
-      received.push({
-        seq: req.headers["a2a-notification-seq"] as string | undefined,
-        token: req.headers["x-a2a-notification-token"] as string | undefined,
-        body: JSON.parse(text) as Record<string, unknown>,
-      });
-      res.writeHead(200).end();
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  return {
-    received,
-    url: `http://127.0.0.1:${port}/a2a-hook`,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
-  };
-}
-
 for (const backend of BACKENDS) {
   describeOn(backend);
 }
@@ -542,7 +511,7 @@ function describeOn(backend: Backend) {
     });
 
     it("a push config given with message/send: agentstore delivers every event of the new task once, in order, and the SDK sends none itself", async () => {
-      const receiver = await startReceiver();
+      const receiver = await new Receiver().listen();
       const replica = await startReplica(store, { agentstoreDelivers: true });
       try {
         const client = await a2aClient(replica.card);
@@ -552,7 +521,7 @@ function describeOn(backend: Backend) {
             tenant: "",
             id: "",
             taskId: "",
-            url: receiver.url,
+            url: receiver.url("/a2a-hook"),
             token,
             authentication: undefined,
           }),
@@ -562,22 +531,22 @@ function describeOn(backend: Backend) {
         const cases = ["task", "statusUpdate", "artifactUpdate", "artifactUpdate", "statusUpdate"];
         await eventually(() => assert.equal(receiver.received.length, cases.length), 60_000);
         assert.deepEqual(
-          receiver.received.map((r) => r.seq),
-          ["1", "2", "3", "4", "5"],
+          receiver.seqs("/a2a-hook"),
+          [1, 2, 3, 4, 5],
           "every entry of the task's log from its first save, once, in order (none from the SDK's sender)",
         );
         assert.deepEqual(
           receiver.received.map((r) => Object.keys(r.body)),
           cases.map((c) => [c]),
         );
-        assert.ok(receiver.received.every((r) => r.token === token));
+        assert.ok(receiver.received.every((r) => r.headers["x-a2a-notification-token"] === token));
         const last = receiver.received.at(-1)?.body.statusUpdate as
           | { status?: { state?: string } }
           | undefined;
         assert.equal(last?.status?.state, "TASK_STATE_COMPLETED");
         const { configs } = await store.tasks.listPushConfigs({ taskId: task.id });
         assert.equal(configs.length, 1);
-        assert.equal(configs[0]?.url, receiver.url);
+        assert.equal(configs[0]?.url, receiver.url("/a2a-hook"));
       } finally {
         await replica.close();
         await receiver.close();
